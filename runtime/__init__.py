@@ -1,0 +1,97 @@
+"""dgemma_runtime: DiffusionGemma text generation in plain PyTorch, as a stream of denoising events.
+
+    model = dgemma_runtime.load(path, device="cpu", dtype="float32")
+    result = model.generate(prompt_ids, max_new_tokens=512, seed=0)
+    for event in model.stream(prompt_ids, seed=0): ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import GenerationDefaults, TextConfig, load_config
+from .errors import CheckpointError, ContextFullError, DgemmaError, OptionError, UnsupportedModelError
+from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
+from .generate import Engine, GenerationResult, Session
+from .model import DiffusionGemma
+from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from .tokenizer import Message, TextStream, Tokenizer, render_chat
+from .weights import load_state
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "CanvasEvent",
+    "CheckpointError",
+    "ContextFullError",
+    "DgemmaError",
+    "DiffusionGemma",
+    "Engine",
+    "Event",
+    "FinalEvent",
+    "GenerationDefaults",
+    "GenerationOptions",
+    "GenerationResult",
+    "GenerationStats",
+    "Message",
+    "OptionError",
+    "Session",
+    "StepEvent",
+    "TextConfig",
+    "TextStream",
+    "Tokenizer",
+    "UnsupportedModelError",
+    "load",
+    "load_config",
+    "render_chat",
+]
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) picks CUDA when present, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("device 'cuda' requested but no CUDA GPU is available")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto' (or None): bfloat16 on a GPU, float32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise OptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load(path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto") -> Engine:
+    """Load a Hugging Face-format DiffusionGemma folder (config.json, safetensors, optional tokenizer.json)."""
+    folder = Path(path)
+    config, defaults = load_config(folder)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    state = load_state(folder, config, target, torch_dtype)  # validates names and shapes before reading
+    with torch.device("meta"):
+        model = DiffusionGemma(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, value in DiffusionGemma.rope_buffers(config).items():
+        setattr(model, name, value.to(target))
+    model.eval().requires_grad_(False)
+    tokenizer_file = folder / "tokenizer.json"
+    tokenizer = Tokenizer(tokenizer_file) if tokenizer_file.exists() else None
+    return Engine(model, config, defaults, tokenizer)

@@ -1,0 +1,93 @@
+"""The KV cache, preallocated once for a whole conversation.
+
+Layout per layer: `[B, kv_heads, slots + L, head_dim]`, where the last L slots are scratch for the canvas.
+- Full layers keep every position: slot = position.
+- Sliding layers keep only the last W-1 positions (what the reference's dynamic cache keeps, §3.1) in a ring:
+  slot = position % (W-1). Keys are stored after RoPE, so slot order does not matter to attention.
+The encoder appends; the decoder writes the canvas K/V into scratch slots right after the valid ones and reads
+one contiguous slice, so a denoising step allocates nothing and needs no mask (§3.2, §3.3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import TextConfig
+from .errors import ContextFullError
+
+
+class KVCache:
+    def __init__(
+        self, config: TextConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.config = config
+        self.capacity = capacity
+        self.length = 0  # positions encoded so far (T)
+        self.window = config.sliding_window
+        self.ring = max(1, min(capacity, config.sliding_window - 1))
+        L = config.canvas_length
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for spec in config.layers:
+            slots = (self.ring if spec.is_sliding else capacity) + L
+            shape = (batch, spec.num_kv_heads, slots, spec.head_dim)
+            self.keys.append(torch.empty(shape, device=device, dtype=dtype))
+            self.values.append(torch.empty(shape, device=device, dtype=dtype))
+        # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
+        self.ring_positions = torch.full((self.ring,), -1, dtype=torch.long, device=device)
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def reserve(self, new_tokens: int) -> None:
+        """Fail before any work if `new_tokens` more positions (plus a canvas) do not fit."""
+        if self.length + new_tokens > self.capacity:
+            raise ContextFullError(
+                f"context is full: {self.length} + {new_tokens} tokens exceed the {self.capacity} allocated"
+            )
+
+    def _valid_ring(self) -> int:
+        return min(self.length, self.ring)
+
+    def encoder_kv(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store a chunk's K/V [B, kv, S, D]; return the keys, values and bool mask [S, keys] it attends to.
+
+        Call `advance(S)` once all layers have run.
+        """
+        S, T = k.shape[2], self.length
+        q_pos = torch.arange(T, T + S, device=k.device)
+        if not self.config.layers[layer].is_sliding:
+            self.keys[layer][:, :, T : T + S] = k
+            self.values[layer][:, :, T : T + S] = v
+            keys, values = self.keys[layer][:, :, : T + S], self.values[layer][:, :, : T + S]
+            mask = torch.arange(T + S, device=k.device)[None, :] <= q_pos[:, None]
+            return keys, values, mask
+        n = self._valid_ring()
+        keys = torch.cat([self.keys[layer][:, :, :n], k], dim=2)
+        values = torch.cat([self.values[layer][:, :, :n], v], dim=2)
+        k_pos = torch.cat([self.ring_positions[:n], q_pos])
+        mask = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] > q_pos[:, None] - self.window)
+        keep = min(S, self.ring)  # only the newest W-1 positions survive
+        slots = q_pos[S - keep :] % self.ring
+        self.keys[layer][:, :, slots] = k[:, :, S - keep :]
+        self.values[layer][:, :, slots] = v[:, :, S - keep :]
+        return keys, values, mask
+
+    def advance(self, new_tokens: int) -> None:
+        T = self.length
+        keep = min(new_tokens, self.ring)
+        positions = torch.arange(T + new_tokens - keep, T + new_tokens, device=self.ring_positions.device)
+        self.ring_positions[positions % self.ring] = positions
+        self.length = T + new_tokens
+
+    def decoder_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Place the canvas K/V [B, kv, L, D] after the visible cache; return [visible ; canvas] (no writes
+        to the cache proper: the slots used are scratch or still-empty ring slots)."""
+        start = self._valid_ring() if self.config.layers[layer].is_sliding else self.length
+        end = start + k.shape[2]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]

@@ -1,0 +1,72 @@
+"""What generation reports, as plain host values: the one contract between the engine and every consumer
+(live view, plain text, JSON, bench, serve). No tensors, no tokenizer, no terminal objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One denoising step of one row's canvas."""
+
+    row: int
+    canvas: int  # 0-based canvas index within this call
+    step: int  # 1-based step number within the canvas
+    max_steps: int
+    ids: tuple[int, ...]  # argmax canvas after this step, [L]
+    accepted: tuple[bool, ...]  # positions whose sample was accepted this step
+    changed: tuple[bool, ...]  # positions whose argmax differs from the previous step
+    mean_entropy: float
+    converged: bool  # stable and confident: this row's canvas is final
+
+
+@dataclass(frozen=True)
+class CanvasEvent:
+    """A finished canvas of one row; `ids` stop at the first EOS (inclusive)."""
+
+    row: int
+    canvas: int
+    ids: tuple[int, ...]
+    steps: int
+    text: str = ""  # answer text it adds (empty without a tokenizer)
+    thinking: str = ""  # thinking-channel text it adds
+    done: bool = False  # this row has finished (EOS or length limit)
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int  # tokens encoded before the first canvas, summed over rows
+    generated_tokens: int  # through the first EOS, summed over rows
+    canvases: int
+    decoder_forwards: int  # per row, as the reference counts them, summed over rows
+    steps_per_canvas: tuple[int, ...]  # batched steps run for each canvas
+    prefill_seconds: float  # encoding the prompt (a part of encode_seconds)
+    encode_seconds: float  # the prompt and every finished canvas
+    decode_seconds: float
+    sample_seconds: float
+    total_seconds: float
+    finish_reason: str = "stop"  # "stop" (EOS) or "length"
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.generated_tokens / self.decoder_forwards if self.decoder_forwards else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Effective rate: generated tokens over the time spent denoising (decoder + sampler + re-encoding)."""
+        busy = self.total_seconds - self.prefill_seconds
+        return self.generated_tokens / busy if busy > 0 else 0.0
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    stats: GenerationStats
+    token_ids: tuple[tuple[int, ...], ...] = field(default=())  # per row, through the first EOS
+
+
+Event = StepEvent | CanvasEvent | FinalEvent

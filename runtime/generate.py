@@ -1,0 +1,264 @@
+"""The canvas loop (§4.1): encode, denoise a canvas step by step, append it, repeat. `Engine.stream()` yields
+events as it goes; `Engine.generate()` drains it. All compile and device choices live here."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import sampler
+from .cache import KVCache
+from .config import GenerationDefaults, TextConfig
+from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
+from .errors import OptionError
+from .model import DiffusionGemma
+from .options import GenerationOptions, ResolvedOptions
+from .tokenizer import TextStream, Tokenizer
+
+
+@dataclass
+class Session:
+    """A conversation's state: its KV cache and the last canvas, which is encoded only when the next turn
+    arrives (the reference never encodes the final canvas, §7 item 24). Batch 1."""
+
+    cache: KVCache
+    pending: list[int] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.cache.length + len(self.pending)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    token_ids: list[int]  # row 0: generated ids through the first EOS (inclusive)
+    rows: list[list[int]]  # every row, likewise
+    stats: GenerationStats
+
+
+class _Clock:
+    """Wall time per phase; on an accelerator it synchronises first so each phase is charged honestly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.totals = {"prefill": 0.0, "encode": 0.0, "decode": 0.0, "sample": 0.0}
+        self.mark = time.perf_counter()
+
+    def charge(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.totals[phase] += now - self.mark
+        self.mark = now
+
+
+class Engine:
+    def __init__(
+        self,
+        model: DiffusionGemma,
+        config: TextConfig,
+        defaults: GenerationDefaults,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.defaults = defaults
+        self.tokenizer = tokenizer
+        weight = model.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def new_session(self, context: int) -> Session:
+        """A batch-1 conversation that can hold `context` tokens (prompts and answers of every turn)."""
+        return Session(KVCache(self.config, 1, context, self.device, self.dtype))
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: object) -> GenerationResult:
+        final = None
+        for event in self.stream(prompt_ids, **options):
+            if isinstance(event, FinalEvent):
+                final = event
+        assert final is not None
+        rows = [list(ids) for ids in final.token_ids]
+        return GenerationResult(token_ids=rows[0], rows=rows, stats=final.stats)
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int] | Sequence[Sequence[int]],
+        *,
+        session: Session | None = None,
+        options: GenerationOptions | None = None,
+        **overrides: object,
+    ) -> Iterator[Event]:
+        """Generate from prompt ids (one list, or one list per row of equal length); see `GenerationOptions`
+        for the keyword options. With a `session`, only its pending canvas and these ids are encoded."""
+        opts = (options or GenerationOptions()).merged(**overrides).resolve(self.defaults)
+        rows = _as_rows(prompt_ids)
+        if session is not None and len(rows) != 1:
+            raise OptionError("a session holds one conversation: pass a single prompt")
+        with torch.inference_mode():
+            yield from self._run(rows, opts, session)
+
+    def _run(self, rows: list[list[int]], opts: ResolvedOptions, session: Session | None) -> Iterator[Event]:
+        cfg, model, device = self.config, self.model, self.device
+        B, L = len(rows), cfg.canvas_length
+        prefix = [(session.pending if session else []) + row for row in rows]
+        P = len(prefix[0])
+        # The last canvas is never encoded, so n canvases need room for P + (n-1)·L positions.
+        n_canvases = math.ceil(opts.max_new_tokens / L)
+        if session is None:
+            cache = KVCache(cfg, B, P + (n_canvases - 1) * L, device, self.dtype)
+        else:
+            cache = session.cache
+            cache.reserve(P)
+            n_canvases = min(n_canvases, (cache.capacity - cache.length - P) // L + 1)
+        generator = torch.Generator(device).manual_seed(opts.seed if opts.seed is not None else secrets.randbits(63))
+        eos = torch.tensor(self.defaults.eos_token_ids, device=device)
+        streams = [self._text_stream() for _ in range(B)]
+        clock = _Clock(device)
+
+        model.encode(torch.tensor(prefix, device=device), cache)
+        clock.charge("prefill")
+        if session is not None:
+            session.pending = []
+
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # rows that ended in an earlier canvas
+        outputs: list[list[int]] = [[] for _ in range(B)]
+        last_canvas: list[int] = []
+        forwards, steps_per_canvas = 0, []
+        canvas_ids = None
+        for c in range(n_canvases):
+            if canvas_ids is not None:
+                model.encode(canvas_ids, cache)
+                clock.charge("encode")
+            denoised = yield from self._denoise(c, cache, generator, opts, done, clock)
+            canvas_ids, steps, row_forwards = denoised
+            forwards += row_forwards
+            steps_per_canvas.append(steps)
+            # Finalise (§4.1 step 5): rows done earlier become pad; after a row's first EOS, pad.
+            is_eos = torch.isin(canvas_ids, eos)
+            after_eos = (is_eos.cumsum(-1) > 0) & ~((is_eos.cumsum(-1) == 1) & is_eos)
+            pad = after_eos | done[:, None]
+            canvas_ids = torch.where(pad, torch.full_like(canvas_ids, self.defaults.pad_token_id), canvas_ids)
+            last = c == n_canvases - 1
+            newly_done = (is_eos.any(-1) | last) & ~done
+            host_ids, host_eos = canvas_ids.tolist(), is_eos.tolist()
+            host_done, host_new = done.tolist(), newly_done.tolist()
+            for r in range(B):
+                if host_done[r]:
+                    continue
+                cut = host_eos[r].index(True) + 1 if True in host_eos[r] else L
+                ids = tuple(host_ids[r][:cut])
+                outputs[r].extend(ids)
+                if r == 0:
+                    last_canvas = list(ids)
+                text, thinking = streams[r].feed(ids) if streams[r] else ("", "")
+                yield CanvasEvent(r, c, ids, steps, text=text, thinking=thinking, done=host_new[r])
+            done |= newly_done
+            clock.charge("sample")
+            if all(host_done[r] or host_new[r] for r in range(B)):
+                break
+        if session is not None:
+            session.pending = last_canvas
+        hit_eos = all(o and o[-1] in self.defaults.eos_token_ids for o in outputs)
+        t = clock.totals
+        stats = GenerationStats(
+            prompt_tokens=sum(len(p) for p in prefix),
+            generated_tokens=sum(len(o) for o in outputs),
+            canvases=len(steps_per_canvas),
+            decoder_forwards=forwards,
+            steps_per_canvas=tuple(steps_per_canvas),
+            prefill_seconds=t["prefill"],
+            encode_seconds=t["prefill"] + t["encode"],
+            decode_seconds=t["decode"],
+            sample_seconds=t["sample"],
+            total_seconds=sum(t.values()),
+            finish_reason="stop" if hit_eos else "length",
+        )
+        yield FinalEvent(stats=stats, token_ids=tuple(tuple(o) for o in outputs))
+
+    def _denoise(
+        self,
+        canvas_index: int,
+        cache: KVCache,
+        generator: torch.Generator,
+        opts: ResolvedOptions,
+        done: torch.Tensor,
+        clock: _Clock,
+    ) -> Iterator[Event]:
+        """Denoise one canvas; yields step events, returns (argmax canvas [B, L], steps run, row forwards)."""
+        B, L, V, N = done.shape[0], self.config.canvas_length, self.config.vocab_size, opts.max_denoising_steps
+        current = sampler.random_canvas((B, L), V, generator, self.device)
+        argmax = current
+        prev_logits: torch.Tensor | None = None
+        converged = torch.zeros(B, dtype=torch.bool, device=self.device)
+        history = torch.full((opts.stability_threshold, B, L), -1, dtype=torch.long, device=self.device)
+        forwards, steps = 0, 0
+        for remaining in range(N, 0, -1):
+            active = ~(converged | done)
+            forwards += int(active.sum())
+            raw = self.model.decode(current, cache, prev_logits)
+            clock.charge("decode")
+            logits = raw / sampler.temperature(remaining, N, opts.t_min, opts.t_max)
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            candidates = sampler.sample(probs, generator)
+            new_argmax = logits.argmax(dim=-1)
+            token_entropy = sampler.entropy(logits)
+            accepted = sampler.accept(token_entropy, opts.entropy_bound)
+            nxt = sampler.renoise(accepted, candidates, generator, V)
+            if prev_logits is not None and bool(converged.any()):
+                # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
+                frozen = converged[:, None]
+                new_argmax = torch.where(frozen, argmax, new_argmax)
+                nxt = torch.where(frozen, current, nxt)
+                logits = torch.where(frozen[..., None], prev_logits, logits)
+            if opts.stability_threshold == 0:
+                stable = torch.ones(B, dtype=torch.bool, device=self.device)
+            else:
+                stable = (history == new_argmax[None]).all(-1).all(0)
+                history = torch.roll(history, shifts=-1, dims=0)
+                history[-1] = new_argmax
+            newly = stable & sampler.is_confident(token_entropy, opts.confidence_threshold)
+            changed = new_argmax != argmax
+            converged = converged | newly
+            current, argmax = nxt, new_argmax
+            prev_logits = logits.to(self.dtype)
+            steps += 1
+            host = [x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)]
+            clock.charge("sample")
+            for r in range(B):
+                if host[0][r]:
+                    yield StepEvent(
+                        row=r,
+                        canvas=canvas_index,
+                        step=steps,
+                        max_steps=N,
+                        ids=tuple(host[1][r]),
+                        accepted=tuple(host[2][r]),
+                        changed=tuple(host[3][r]),
+                        mean_entropy=host[4][r],
+                        converged=host[5][r],
+                    )
+            if all(host[5]):
+                break
+        return argmax, steps, forwards
+
+    def _text_stream(self) -> TextStream | None:
+        if self.tokenizer is None:
+            return None
+        return TextStream(self.tokenizer, self.defaults.eos_token_ids)
+
+
+def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]]:
+    if len(prompt_ids) == 0:
+        raise OptionError("the prompt is empty")
+    rows = [list(map(int, r)) for r in prompt_ids] if not isinstance(prompt_ids[0], int) else [list(prompt_ids)]
+    if any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
+        raise OptionError("batched prompts must be non-empty and of equal length")
+    return rows

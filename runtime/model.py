@@ -1,0 +1,270 @@
+"""DiffusionGemma's text network: one shared stack run in two modes (§2, §3).
+
+- `encode`: causal over new tokens, appends their K/V to the cache (prefill, finished canvases, new turns).
+- `decode`: bidirectional over [visible cache ; canvas], never writes the cache; returns soft-capped logits.
+
+Axes: B batch, S new tokens, L canvas, V vocab, H hidden, D head dim, E experts, K experts per token.
+No sampling and no I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+from .config import LayerSpec, TextConfig
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32 with pow(-0.5) (not rsqrt) and a plain `* w` scale (§2.4)."""
+    xf = x.float()
+    y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    if weight is not None:
+        y = y * weight.float()
+    return y.type_as(x)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GatedMLP(nn.Module):
+    """down(gelu(gate(x)) * up(x)): the dense branch of every layer and the self-conditioning MLP."""
+
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(gelu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
+    """Inverse frequencies, [D/2]; 'proportional' zeroes all but the first share of the pairs (§2.5)."""
+    D = spec.head_dim
+    if spec.rope.partial_rotary_factor == 1.0:
+        return 1.0 / (spec.rope.theta ** (torch.arange(0, D, 2, dtype=torch.float) / D))
+    rotated = int(spec.rope.partial_rotary_factor * D // 2)
+    inv = 1.0 / (spec.rope.theta ** (torch.arange(0, 2 * rotated, 2, dtype=torch.int64).float() / D))
+    return torch.cat([inv, torch.zeros(D // 2 - rotated)])
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x [B, S, heads, D] with cos/sin [S, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TextConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        H, D = config.hidden_size, spec.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, spec.num_kv_heads, D
+        self.eps = config.rms_norm_eps
+        self.q_proj = nn.Linear(H, self.num_heads * D, bias=False)
+        self.k_proj = nn.Linear(H, self.num_kv_heads * D, bias=False)
+        self.v_proj = nn.Linear(H, self.num_kv_heads * D, bias=False) if spec.has_v_proj else None
+        self.o_proj = nn.Linear(self.num_heads * D, H, bias=False)
+        self.q_norm = RMSNorm(D, config.rms_norm_eps)
+        self.k_norm = RMSNorm(D, config.rms_norm_eps)
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, heads, S, D], k and v [B, kv, S, D]."""
+        B, S, _ = x.shape
+        q = apply_rope(self.q_norm(self.q_proj(x).view(B, S, -1, self.head_dim)), cos, sin)
+        k = self.k_proj(x).view(B, S, -1, self.head_dim)
+        # Full layers have no v_proj: V is the raw K projection, normalised without weight, never rotated.
+        v = self.v_proj(x).view(B, S, -1, self.head_dim) if self.v_proj is not None else k
+        k = apply_rope(self.k_norm(k), cos, sin)
+        v = rms_norm(v, None, self.eps)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        # scale=1.0: q_norm/k_norm carry the scale (§2.5).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=True)
+        B, _, S, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+class Router(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.scale = nn.Parameter(torch.ones(config.hidden_size))
+        self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
+        self.top_k, self.eps = config.top_k_experts, config.rms_norm_eps
+        self.root_size = config.hidden_size**-0.5
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routing weights [N, K] (fp32) and expert ids [N, K] for the residual h [N, H] (§2.6)."""
+        scores = self.proj(rms_norm(h, None, self.eps) * self.scale * self.root_size)
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32)
+        weights, experts = torch.topk(probs, k=self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights * self.per_expert_scale[experts], experts
+
+
+class Experts(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        E, H, Ie = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * Ie, H))  # rows [:Ie] gate, [Ie:] up
+        self.down_proj = nn.Parameter(torch.empty(E, H, Ie))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Each expert runs once over the tokens routed to it: (token, k) pairs sorted by expert feed one
+        grouped matmul per projection. x [N, H], weights/experts [N, K] -> [N, H]."""
+        N, K = experts.shape
+        flat = experts.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        token = order // K
+        offsets = torch.cumsum(torch.bincount(flat, minlength=self.gate_up_proj.shape[0]), 0).to(torch.int32)
+        gate, up = F.grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+        y = F.grouped_mm(gelu(gate) * up, self.down_proj.transpose(1, 2), offs=offsets)
+        y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference
+        return torch.zeros_like(x).index_add_(0, token, y)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: TextConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        H, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = Attention(config, spec)
+        self.mlp = GatedMLP(H, config.intermediate_size)
+        self.router = Router(config)
+        self.experts = Experts(config)
+        for name in (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "post_feedforward_layernorm_1",
+            "pre_feedforward_layernorm_2",
+            "post_feedforward_layernorm_2",
+        ):
+            setattr(self, name, RMSNorm(H, eps))
+        # Buffers in the reference, so not tied: the encoder and the decoder each have their own (§2.2).
+        self.layer_scalar = nn.Parameter(torch.ones(1))
+        self.encoder_scalar = nn.Parameter(torch.ones(1))
+
+    def attention_residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        return x + self.post_attention_layernorm(attn_out)
+
+    def feed_forward(self, h: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
+        """Dense MLP and MoE in parallel, each with its own post-norm, then the layer scalar (§2.6)."""
+        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(h)))
+        flat = h.reshape(-1, h.shape[-1])
+        weights, experts = self.router(flat)
+        moe = self.experts(self.pre_feedforward_layernorm_2(flat), weights, experts).reshape(h.shape)
+        moe = self.post_feedforward_layernorm_2(moe)
+        return (h + self.post_feedforward_layernorm(dense + moe)) * scalar
+
+
+class SelfConditioning(GatedMLP):
+    """Gated MLP over the previous step's soft embeddings, added to the canvas embeddings (§2.8)."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__(config.hidden_size, config.intermediate_size)
+        self.pre_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.eps = config.rms_norm_eps
+
+    def forward(self, embeds: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        # With no previous logits the signal is zero, the MLP gives exactly zero, and only post_norm remains.
+        if soft is not None:
+            embeds = embeds + super().forward(self.pre_norm(soft))
+        return rms_norm(embeds, None, self.eps)
+
+
+class DiffusionGemma(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Layer(config, spec) for spec in config.layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_conditioning = SelfConditioning(config)
+        for name, value in self.rope_buffers(config).items():
+            self.register_buffer(name, value, persistent=False)
+
+    @staticmethod
+    def rope_buffers(config: TextConfig) -> dict[str, torch.Tensor]:
+        """Computed, never stored in checkpoints: rebuilt on the target device after a meta-device load."""
+        return {f"inv_freq_{i}": rope_inv_freq(spec) for i, spec in enumerate(config.layers)}
+
+    def embed_scale(self) -> torch.Tensor:
+        # sqrt(H) rounded to the weight dtype: 53.0 in bf16 for the 26B model (§2.4).
+        return torch.tensor(math.sqrt(self.config.hidden_size)).to(self.embed_tokens.weight.dtype)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(ids) * self.embed_scale()
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin [S, D] per layer, computed in fp32 and cast to the activation dtype."""
+        tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        out = []
+        for i in range(len(self.layers)):
+            inv_freq: torch.Tensor = getattr(self, f"inv_freq_{i}")
+            key = self.config.layers[i].rope, inv_freq.shape[0]
+            if key not in tables:
+                freqs = positions.float()[:, None] * inv_freq[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                tables[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+            out.append(tables[key])
+        return out
+
+    def encode(self, ids: torch.Tensor, cache: KVCache) -> None:
+        """Causal pass over ids [B, S] at positions cache.length.. ; appends their K/V to the cache."""
+        S = ids.shape[1]
+        cache.reserve(S)
+        x = self.embed(ids)
+        positions = torch.arange(cache.length, cache.length + S, device=ids.device)
+        for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
+            q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+            keys, values, mask = cache.encoder_kv(i, k, v)
+            h = layer.attention_residual(x, layer.self_attn.attend(q, keys, values, mask))
+            if i == len(self.layers) - 1:
+                break  # the encoder's output is never used: only the cache matters (§3.1)
+            x = layer.feed_forward(h, layer.encoder_scalar)
+        cache.advance(S)
+
+    def soft_embed(self, logits: torch.Tensor) -> torch.Tensor:
+        """Expected embedding under softmax(logits) [B, L, V] -> [B, L, H] (§2.8)."""
+        weight = self.embed_tokens.weight
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(weight.dtype)
+        return torch.matmul(probs, weight) * self.embed_scale()
+
+    def decode(self, canvas: torch.Tensor, cache: KVCache, prev_logits: torch.Tensor | None) -> torch.Tensor:
+        """Denoiser pass: canvas [B, L] over the read-only cache -> fp32 soft-capped logits [B, L, V]."""
+        L = canvas.shape[1]
+        soft = None if prev_logits is None else self.soft_embed(prev_logits)
+        x = self.self_conditioning(self.embed(canvas), soft)
+        positions = torch.arange(cache.length, cache.length + L, device=canvas.device)
+        for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
+            q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+            keys, values = cache.decoder_kv(i, k, v)
+            h = layer.attention_residual(x, layer.self_attn.attend(q, keys, values, None))
+            x = layer.feed_forward(h, layer.layer_scalar)
+        logits = F.linear(self.norm(x), self.embed_tokens.weight).float()
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
