@@ -1,0 +1,28 @@
+"""Shared fixtures. Threads are pinned before torch loads: 2 cores, and oversubscription makes runs crawl."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from tests.checkpoints import TinySpec  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own model store and Hugging Face cache."""
+    monkeypatch.setenv("DGEMMA_HOME", str(tmp_path / "dgemma-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny_spec() -> TinySpec:
+    return TinySpec()
