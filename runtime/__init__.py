@@ -1,8 +1,8 @@
 """dgemma_runtime: DiffusionGemma text generation in plain PyTorch, as a stream of denoising events.
 
-    model = dgemma_runtime.load(path, device="cpu", dtype="float32")
-    result = model.generate(prompt_ids, max_new_tokens=512, seed=0)
-    for event in model.stream(prompt_ids, seed=0): ...
+model = dgemma_runtime.load(path, device="cpu", dtype="float32")
+result = model.generate(prompt_ids, max_new_tokens=512, seed=0)
+for event in model.stream(prompt_ids, seed=0): ...
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise OptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
 
 
-def load(path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto") -> Engine:
-    """Load a Hugging Face-format DiffusionGemma folder (config.json, safetensors, optional tokenizer.json)."""
+def load(
+    path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"
+) -> Engine:
+    """Load a Hugging Face-format DiffusionGemma folder: config.json, safetensors, optional tokenizer.json."""
     folder = Path(path)
     config, defaults = load_config(folder)
     target = resolve_device(device)

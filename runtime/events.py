@@ -54,7 +54,7 @@ class GenerationStats:
 
     @property
     def decode_tokens_per_second(self) -> float:
-        """Effective rate: generated tokens over the time spent denoising (decoder + sampler + re-encoding)."""
+        """Effective rate: generated tokens over the time after the prompt (denoising and re-encoding)."""
         busy = self.total_seconds - self.prefill_seconds
         return self.generated_tokens / busy if busy > 0 else 0.0
 

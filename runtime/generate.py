@@ -196,28 +196,29 @@ class Engine:
         B, L, V, N = done.shape[0], self.config.canvas_length, self.config.vocab_size, opts.max_denoising_steps
         current = sampler.random_canvas((B, L), V, generator, self.device)
         argmax = current
-        prev_logits: torch.Tensor | None = None
+        prev_probs: torch.Tensor | None = None  # self-conditioning input
         converged = torch.zeros(B, dtype=torch.bool, device=self.device)
         history = torch.full((opts.stability_threshold, B, L), -1, dtype=torch.long, device=self.device)
         forwards, steps = 0, 0
         for remaining in range(N, 0, -1):
             active = ~(converged | done)
             forwards += int(active.sum())
-            raw = self.model.decode(current, cache, prev_logits)
+            raw = self.model.decode(current, cache, prev_probs)
             clock.charge("decode")
             logits = raw / sampler.temperature(remaining, N, opts.t_min, opts.t_max)
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-            candidates = sampler.sample(probs, generator)
-            new_argmax = logits.argmax(dim=-1)
-            token_entropy = sampler.entropy(logits)
+            token_entropy = sampler.entropy(logits, probs)
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
-            nxt = sampler.renoise(accepted, candidates, generator, V)
-            if prev_logits is not None and bool(converged.any()):
+            new_argmax = logits.argmax(dim=-1)
+            noise = sampler.draw_step_noise((B, L), V, generator)
+            nxt = sampler.renoise(accepted, sampler.sample(probs, noise), noise)
+            sc_probs = self._self_conditioning_probs(logits, probs)
+            if prev_probs is not None and bool(converged.any()):
                 # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
                 frozen = converged[:, None]
                 new_argmax = torch.where(frozen, argmax, new_argmax)
                 nxt = torch.where(frozen, current, nxt)
-                logits = torch.where(frozen[..., None], prev_logits, logits)
+                sc_probs = torch.where(frozen[..., None], prev_probs, sc_probs)
             if opts.stability_threshold == 0:
                 stable = torch.ones(B, dtype=torch.bool, device=self.device)
             else:
@@ -227,8 +228,7 @@ class Engine:
             newly = stable & sampler.is_confident(token_entropy, opts.confidence_threshold)
             changed = new_argmax != argmax
             converged = converged | newly
-            current, argmax = nxt, new_argmax
-            prev_logits = logits.to(self.dtype)
+            current, argmax, prev_probs = nxt, new_argmax, sc_probs
             steps += 1
             host = [x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)]
             clock.charge("sample")
@@ -248,6 +248,13 @@ class Engine:
             if all(host[5]):
                 break
         return argmax, steps, forwards
+
+    def _self_conditioning_probs(self, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """The reference feeds back the scaled logits cast to the weight dtype and softmaxes them again; in
+        float32 that is exactly `probs`, so the softmax is not repeated."""
+        if self.dtype == torch.float32:
+            return probs
+        return torch.softmax(logits.to(self.dtype), dim=-1, dtype=torch.float32).to(self.dtype)
 
     def _text_stream(self) -> TextStream | None:
         if self.tokenizer is None:

@@ -135,7 +135,7 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """Each expert runs once over the tokens routed to it: (token, k) pairs sorted by expert feed one
         grouped matmul per projection. x [N, H], weights/experts [N, K] -> [N, H]."""
-        N, K = experts.shape
+        K = experts.shape[1]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
         token = order // K
@@ -248,16 +248,18 @@ class DiffusionGemma(nn.Module):
             x = layer.feed_forward(h, layer.encoder_scalar)
         cache.advance(S)
 
-    def soft_embed(self, logits: torch.Tensor) -> torch.Tensor:
-        """Expected embedding under softmax(logits) [B, L, V] -> [B, L, H] (§2.8)."""
+    def soft_embed(self, probs: torch.Tensor) -> torch.Tensor:
+        """Expected embedding under the previous step's distribution [B, L, V] -> [B, L, H] (§2.8)."""
         weight = self.embed_tokens.weight
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(weight.dtype)
-        return torch.matmul(probs, weight) * self.embed_scale()
+        return torch.matmul(probs.to(weight.dtype), weight) * self.embed_scale()
 
-    def decode(self, canvas: torch.Tensor, cache: KVCache, prev_logits: torch.Tensor | None) -> torch.Tensor:
-        """Denoiser pass: canvas [B, L] over the read-only cache -> fp32 soft-capped logits [B, L, V]."""
+    def decode(self, canvas: torch.Tensor, cache: KVCache, prev_probs: torch.Tensor | None) -> torch.Tensor:
+        """Denoiser pass: canvas [B, L] over the read-only cache -> fp32 soft-capped logits [B, L, V].
+
+        `prev_probs` is softmax of the previous step's temperature-scaled logits (None on a canvas's first step).
+        """
         L = canvas.shape[1]
-        soft = None if prev_logits is None else self.soft_embed(prev_logits)
+        soft = None if prev_probs is None else self.soft_embed(prev_probs)
         x = self.self_conditioning(self.embed(canvas), soft)
         positions = torch.arange(cache.length, cache.length + L, device=canvas.device)
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):

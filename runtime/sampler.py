@@ -1,12 +1,30 @@
 """The entropy-bound sampler as pure functions (§4.1). Every random draw goes through an explicit generator,
 in the reference's order and shapes: per canvas one `randint`; per step one `multinomial`, then one `randint`.
 
+A step's draws do not depend on the logits, so they are taken together in `draw_step_noise`:
+`torch.multinomial(p, 1)` is argmax(p / q) with q ~ Exp(1) drawn from the generator, so drawing q first and
+dividing gives the very same samples, in the same generator order.
+
 Axes: B batch, L canvas, V vocab.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class StepNoise:
+    exponential: torch.Tensor  # [B·L, V] float32, what multinomial would draw
+    renoise: torch.Tensor  # [B, L] uniform token ids
+
+
+def draw_step_noise(shape: tuple[int, int], vocab: int, generator: torch.Generator) -> StepNoise:
+    device = generator.device
+    exponential = torch.empty(shape[0] * shape[1], vocab, device=device).exponential_(1, generator=generator)
+    return StepNoise(exponential, random_canvas(shape, vocab, generator, device))
 
 
 def temperature(step_remaining: int, max_steps: int, t_min: float, t_max: float) -> torch.Tensor:
@@ -15,14 +33,15 @@ def temperature(step_remaining: int, max_steps: int, t_min: float, t_max: float)
     return t_min + (t_max - t_min) * fraction
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of softmax(logits) [B, L, V] -> [B, L], as torch.distributions.Categorical."""
-    logp = logits - logits.logsumexp(dim=-1, keepdim=True)
-    logp_clamped = torch.clamp(logp, min=torch.finfo(logp.dtype).min)
-    return -(logp_clamped * torch.softmax(logp, dim=-1)).sum(-1)
+def entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy [B, L] of probs = softmax(logits) [B, L, V]."""
+    logp = torch.clamp(torch.log_softmax(logits, dim=-1), min=torch.finfo(logits.dtype).min)
+    return -(probs * logp).sum(-1)
 
 
-def random_canvas(shape: tuple[int, int], vocab: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def random_canvas(
+    shape: tuple[int, int], vocab: int, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Uniform noise over the whole vocabulary (there is no mask token)."""
     return torch.randint(0, vocab, shape, generator=generator, device=device)
 
@@ -35,16 +54,15 @@ def accept(token_entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
     return torch.zeros_like(chosen).scatter(-1, order, chosen)
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One draw per position from probs [B, L, V] -> [B, L]."""
+def sample(probs: torch.Tensor, noise: StepNoise) -> torch.Tensor:
+    """One draw per position from probs [B, L, V] -> [B, L] (bit-identical to torch.multinomial)."""
     B, L, V = probs.shape
-    return torch.multinomial(probs.view(-1, V), num_samples=1, generator=generator).view(B, L)
+    return (probs.view(-1, V) / noise.exponential).argmax(dim=-1).view(B, L)
 
 
-def renoise(accepted: torch.Tensor, candidates: torch.Tensor, generator: torch.Generator, vocab: int) -> torch.Tensor:
+def renoise(accepted: torch.Tensor, candidates: torch.Tensor, noise: StepNoise) -> torch.Tensor:
     """Accepted positions take the new sample; every other position is fresh noise. Nothing is sticky."""
-    noise = random_canvas(tuple(accepted.shape), vocab, generator, accepted.device)
-    return torch.where(accepted, candidates, noise)
+    return torch.where(accepted, candidates, noise.renoise)
 
 
 def is_confident(token_entropy: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -40,7 +40,9 @@ def render_chat(messages: Sequence[Message], think: bool = False, add_generation
         parts.append(f"{TURN_OPEN}{role}\n{content}{TURN_CLOSE}\n")
     if add_generation_prompt:
         # Thinking off: an empty, already-closed thought channel, or the model opens its own (§7 item 29).
-        parts.append(f"{TURN_OPEN}model\n" + ("" if think else f"{CHANNEL_OPEN}{THOUGHT_LABEL}{CHANNEL_CLOSE}"))
+        parts.append(
+            f"{TURN_OPEN}model\n" + ("" if think else f"{CHANNEL_OPEN}{THOUGHT_LABEL}{CHANNEL_CLOSE}")
+        )
     return "".join(parts)
 
 

@@ -23,20 +23,20 @@ SKIPPED_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision."
 
 def expected_shapes(config: TextConfig) -> dict[str, tuple[int, ...]]:
     """Every text tensor a checkpoint of this config must hold, by its checkpoint name."""
-    H, V, I, E, Ie = (
+    H, V, Id, E, Ie = (
         config.hidden_size,
         config.vocab_size,
-        config.intermediate_size,
+        config.intermediate_size,  # dense MLP width
         config.num_experts,
-        config.moe_intermediate_size,
+        config.moe_intermediate_size,  # expert width
     )
     shapes: dict[str, tuple[int, ...]] = {
         f"{DECODER}embed_tokens.weight": (V, H),
         f"{DECODER}norm.weight": (H,),
         f"{DECODER}self_conditioning.pre_norm.weight": (H,),
-        f"{DECODER}self_conditioning.gate_proj.weight": (I, H),
-        f"{DECODER}self_conditioning.up_proj.weight": (I, H),
-        f"{DECODER}self_conditioning.down_proj.weight": (H, I),
+        f"{DECODER}self_conditioning.gate_proj.weight": (Id, H),
+        f"{DECODER}self_conditioning.up_proj.weight": (Id, H),
+        f"{DECODER}self_conditioning.down_proj.weight": (H, Id),
     }
     for i, spec in enumerate(config.layers):
         p = f"{DECODER}layers.{i}."
@@ -50,9 +50,9 @@ def expected_shapes(config: TextConfig) -> dict[str, tuple[int, ...]]:
             "self_attn.k_norm.weight": (spec.head_dim,),
             "post_attention_layernorm.weight": (H,),
             "pre_feedforward_layernorm.weight": (H,),
-            "mlp.gate_proj.weight": (I, H),
-            "mlp.up_proj.weight": (I, H),
-            "mlp.down_proj.weight": (H, I),
+            "mlp.gate_proj.weight": (Id, H),
+            "mlp.up_proj.weight": (Id, H),
+            "mlp.down_proj.weight": (H, Id),
             "post_feedforward_layernorm_1.weight": (H,),
             "router.proj.weight": (E, H),
             "router.scale": (H,),
@@ -156,7 +156,9 @@ def iter_tensors(
                 yield name, tensor.to(device=device, dtype=dtype)
 
 
-def load_state(folder: Path, config: TextConfig, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def load_state(
+    folder: Path, config: TextConfig, device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """Validate the checkpoint against the config, then read it as `module name -> tensor`."""
     found = read_header(shard_files(Path(folder)))
     expected = expected_shapes(config)

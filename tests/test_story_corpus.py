@@ -69,4 +69,3 @@ def test_vocabulary_is_rich_but_small() -> None:
 def test_stories_are_short(records: list[dict[str, str]]) -> None:
     for record in records:
         assert 40 <= len(record["story"].split()) <= 200, record["story"]
-

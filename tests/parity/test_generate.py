@@ -3,16 +3,19 @@ varies on. Each case writes a tiny random checkpoint and runs both implementatio
 
 from __future__ import annotations
 
+import dgemma_runtime
 import pytest
 import torch
 
-import dgemma_runtime
 from tests.checkpoints import TinySpec, load_reference, write_checkpoint
 
 PROMPT_LEN = 12
 # A random model is never confident at the released thresholds; these make stable-and-confident fire at
 # different steps in different canvases and rows.
-CONFIDENT = {"confidence_threshold": 0.5, "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 2.0}}
+CONFIDENT = {
+    "confidence_threshold": 0.5,
+    "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 2.0},
+}
 
 
 def prompt(batch: int = 1, length: int = PROMPT_LEN, vocab: int = 500, seed: int = 1234) -> torch.Tensor:
@@ -24,10 +27,13 @@ def reference_rows(folder, ids: torch.Tensor, seed: int, **kwargs) -> tuple[list
     model = load_reference(folder)
     torch.manual_seed(seed)
     out = model.generate(ids, **kwargs)
-    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-              else [model.generation_config.eos_token_id or 1])
+    eos = set(
+        model.generation_config.eos_token_id
+        if isinstance(model.generation_config.eos_token_id, list)
+        else [model.generation_config.eos_token_id or 1]
+    )
     rows = []
-    for row in out.sequences[:, ids.shape[1]:].tolist():
+    for row in out.sequences[:, ids.shape[1] :].tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
         rows.append(row[:cut])
     return rows, out
@@ -101,15 +107,18 @@ def test_batch_of_two_rows_stopping_at_different_steps(tmp_path):
     spec = TinySpec(embed_scale=40.0, seed=2, generation=CONFIDENT)
     result, _ = assert_same_generation(tmp_path, spec, prompt(batch=2), max_new_tokens=48)
     assert len(result.rows) == 2
-    assert result.stats.decoder_forwards < 2 * sum(result.stats.steps_per_canvas)  # rows froze at different steps
+    assert result.stats.decoder_forwards < 2 * sum(
+        result.stats.steps_per_canvas
+    )  # rows froze at different steps
 
 
 def test_eos_inside_a_canvas(tmp_path):
     # Pick an EOS id that this model writes mid-canvas: the first run tells us which ids appear where.
     spec = TinySpec(embed_scale=40.0, seed=2, generation=dict(CONFIDENT))
     folder = write_checkpoint(spec, tmp_path / "probe")
-    probe = dgemma_runtime.load(folder, device="cpu", dtype="float32").generate(prompt(batch=2).tolist(), seed=42,
-                                                                                max_new_tokens=48)
+    probe = dgemma_runtime.load(folder, device="cpu", dtype="float32").generate(
+        prompt(batch=2).tolist(), seed=42, max_new_tokens=48
+    )
     eos_id = probe.rows[0][20]  # inside the second canvas of row 0
     spec.generation["eos_token_id"] = [eos_id, 1]
     result, _ = assert_same_generation(tmp_path, spec, prompt(batch=2), max_new_tokens=48)

@@ -1,0 +1,98 @@
+"""Engine behaviour beyond parity: sessions, the event stream, options and the RNG contract."""
+
+from __future__ import annotations
+
+import dgemma_runtime
+import pytest
+import torch
+from dgemma_runtime import CanvasEvent, ContextFullError, FinalEvent, OptionError, StepEvent
+
+from tests.checkpoints import TinySpec, write_checkpoint
+
+P1, P2 = [2, 10, 11, 12, 13, 14], [20, 21, 22]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    folder = write_checkpoint(TinySpec(seed=8), tmp_path_factory.mktemp("ckpt"))
+    return dgemma_runtime.load(folder, device="cpu", dtype="float32")
+
+
+def test_a_follow_up_turn_encodes_only_new_tokens_and_matches_a_fresh_run(engine):
+    session = engine.new_session(context=128)
+    first = engine.generate(P1, session=session, seed=1, max_new_tokens=32)
+    assert session.cache.length == len(P1) + 16  # the last canvas waits, unencoded, for the next turn
+    second = engine.generate(P2, session=session, seed=2, max_new_tokens=16)
+    assert second.stats.prompt_tokens == 16 + len(P2)
+    assert session.cache.length == len(P1) + 32 + len(P2)
+    fresh = engine.generate(P1 + first.token_ids + P2, seed=2, max_new_tokens=16)
+    assert second.token_ids == fresh.token_ids
+
+
+def test_a_full_session_fails_before_any_work(engine):
+    session = engine.new_session(context=8)
+    with pytest.raises(ContextFullError, match="context is full"):
+        engine.generate(P1 * 2, session=session, seed=1, max_new_tokens=16)
+    assert session.cache.length == 0
+
+
+def test_the_event_stream_is_consistent_with_the_stats(engine):
+    events = list(engine.stream([P1, P1[::-1]], seed=3, max_new_tokens=32))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    canvases = [e for e in events if isinstance(e, CanvasEvent)]
+    final = events[-1]
+    assert isinstance(final, FinalEvent) and not any(isinstance(e, FinalEvent) for e in events[:-1])
+    stats = final.stats
+    assert len(steps) == stats.decoder_forwards  # one step event per row per forward it took part in
+    for row in (0, 1):
+        mine = [c for c in canvases if c.row == row]
+        assert [c.canvas for c in mine] == list(range(len(mine)))
+        assert [c.done for c in mine] == [False] * (len(mine) - 1) + [True]  # a row ends exactly once
+    assert sum(len(c.ids) for c in canvases) == stats.generated_tokens
+    assert stats.tokens_per_forward == pytest.approx(stats.generated_tokens / stats.decoder_forwards)
+    assert stats.total_seconds >= stats.decode_seconds + stats.sample_seconds
+    for event in steps:
+        assert len(event.ids) == len(event.accepted) == len(event.changed) == 16
+        assert any(event.accepted)  # the lowest-entropy position is always accepted
+    last_step = [e for e in steps if e.row == 0 and e.canvas == 0][-1]
+    assert list(last_step.ids) == list(canvases[0].ids)  # the canvas is the last argmax
+
+
+def test_same_seed_same_ids_and_the_global_rng_is_untouched(engine):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = engine.generate(P1, seed=5, max_new_tokens=16)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = engine.generate(P1, seed=5, max_new_tokens=16)
+    c = engine.generate(P1, seed=6, max_new_tokens=16)
+    assert a.token_ids == b.token_ids != c.token_ids
+
+
+def test_max_new_tokens_rounds_up_to_whole_canvases(engine):
+    result = engine.generate(P1, seed=1, max_new_tokens=17)
+    assert result.stats.canvases == 2 and len(result.token_ids) == 32
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_denoising_steps", 0),
+        ("t_min", 0.0),
+        ("entropy_bound", -1.0),
+        ("max_new_tokens", 0),
+        ("t_max", 0.1),
+    ],
+)
+def test_bad_options_are_rejected_with_a_clear_message(engine, option, value):
+    with pytest.raises(OptionError):
+        engine.generate(P1, **{option: value})
+
+
+def test_unknown_options_are_an_error_not_silently_dropped(engine):
+    with pytest.raises(OptionError, match="top_p"):
+        engine.generate(P1, top_p=0.9)
+
+
+def test_batched_prompts_must_have_equal_length(engine):
+    with pytest.raises(OptionError, match="equal length"):
+        engine.generate([[1, 2, 3], [1, 2]])
