@@ -79,7 +79,9 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: object) -> GenerationResult:
+    def generate(
+        self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: object
+    ) -> GenerationResult:
         final = None
         for event in self.stream(prompt_ids, **options):
             if isinstance(event, FinalEvent):
@@ -118,7 +120,9 @@ class Engine:
             cache = session.cache
             cache.reserve(P)
             n_canvases = min(n_canvases, (cache.capacity - cache.length - P) // L + 1)
-        generator = torch.Generator(device).manual_seed(opts.seed if opts.seed is not None else secrets.randbits(63))
+        generator = torch.Generator(device).manual_seed(
+            opts.seed if opts.seed is not None else secrets.randbits(63)
+        )
         eos = torch.tensor(self.defaults.eos_token_ids, device=device)
         streams = [self._text_stream() for _ in range(B)]
         clock = _Clock(device)
@@ -193,7 +197,12 @@ class Engine:
         clock: _Clock,
     ) -> Iterator[Event]:
         """Denoise one canvas; yields step events, returns (argmax canvas [B, L], steps run, row forwards)."""
-        B, L, V, N = done.shape[0], self.config.canvas_length, self.config.vocab_size, opts.max_denoising_steps
+        B, L, V, N = (
+            done.shape[0],
+            self.config.canvas_length,
+            self.config.vocab_size,
+            opts.max_denoising_steps,
+        )
         current = sampler.random_canvas((B, L), V, generator, self.device)
         argmax = current
         prev_probs: torch.Tensor | None = None  # self-conditioning input
@@ -211,7 +220,7 @@ class Engine:
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
             new_argmax = logits.argmax(dim=-1)
             noise = sampler.draw_step_noise((B, L), V, generator)
-            nxt = sampler.renoise(accepted, sampler.sample(probs, noise), noise)
+            nxt = sampler.renoise(accepted, sampler.sample(probs, noise, accepted), noise)
             sc_probs = self._self_conditioning_probs(logits, probs)
             if prev_probs is not None and bool(converged.any()):
                 # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
@@ -230,7 +239,9 @@ class Engine:
             converged = converged | newly
             current, argmax, prev_probs = nxt, new_argmax, sc_probs
             steps += 1
-            host = [x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)]
+            host = [
+                x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)
+            ]
             clock.charge("sample")
             for r in range(B):
                 if host[0][r]:
@@ -265,7 +276,9 @@ class Engine:
 def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]]:
     if len(prompt_ids) == 0:
         raise OptionError("the prompt is empty")
-    rows = [list(map(int, r)) for r in prompt_ids] if not isinstance(prompt_ids[0], int) else [list(prompt_ids)]
+    rows = (
+        [list(map(int, r)) for r in prompt_ids] if not isinstance(prompt_ids[0], int) else [list(prompt_ids)]
+    )
     if any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
         raise OptionError("batched prompts must be non-empty and of equal length")
     return rows

@@ -1,9 +1,10 @@
 """The entropy-bound sampler as pure functions (§4.1). Every random draw goes through an explicit generator,
 in the reference's order and shapes: per canvas one `randint`; per step one `multinomial`, then one `randint`.
 
-A step's draws do not depend on the logits, so they are taken together in `draw_step_noise`:
-`torch.multinomial(p, 1)` is argmax(p / q) with q ~ Exp(1) drawn from the generator, so drawing q first and
-dividing gives the very same samples, in the same generator order.
+`torch.multinomial(p, 1)` is argmax(p / q) with q ~ Exp(1) drawn from the generator, one 64-bit draw per
+entry, q = -log1p(-u). On the CPU we draw the uniforms u (3x cheaper than q) and turn into q only the rows
+whose sample is kept (the accepted positions): the generator advances exactly as the reference's does and the
+kept samples are bit-identical.
 
 Axes: B batch, L canvas, V vocab.
 """
@@ -17,14 +18,25 @@ import torch
 
 @dataclass(frozen=True)
 class StepNoise:
-    exponential: torch.Tensor  # [B·L, V] float32, what multinomial would draw
+    draws: torch.Tensor  # [B·L, V]: float64 uniforms on the CPU, float32 Exp(1) samples elsewhere
     renoise: torch.Tensor  # [B, L] uniform token ids
+
+    def exponential(self, rows: torch.Tensor) -> torch.Tensor:
+        """Exp(1) noise of the given flat positions, [R, V] float32, as torch.multinomial computes it."""
+        picked = self.draws[rows]
+        return picked if picked.dtype == torch.float32 else (-torch.log1p(-picked)).float()
 
 
 def draw_step_noise(shape: tuple[int, int], vocab: int, generator: torch.Generator) -> StepNoise:
     device = generator.device
-    exponential = torch.empty(shape[0] * shape[1], vocab, device=device).exponential_(1, generator=generator)
-    return StepNoise(exponential, random_canvas(shape, vocab, generator, device))
+    draws = torch.empty(
+        shape[0] * shape[1], vocab, device=device, dtype=torch.float64 if device.type == "cpu" else None
+    )
+    if device.type == "cpu":
+        draws.uniform_(generator=generator)
+    else:
+        draws.exponential_(1, generator=generator)
+    return StepNoise(draws, random_canvas(shape, vocab, generator, device))
 
 
 def temperature(step_remaining: int, max_steps: int, t_min: float, t_max: float) -> torch.Tensor:
@@ -54,10 +66,12 @@ def accept(token_entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
     return torch.zeros_like(chosen).scatter(-1, order, chosen)
 
 
-def sample(probs: torch.Tensor, noise: StepNoise) -> torch.Tensor:
-    """One draw per position from probs [B, L, V] -> [B, L] (bit-identical to torch.multinomial)."""
+def sample(probs: torch.Tensor, noise: StepNoise, keep: torch.Tensor) -> torch.Tensor:
+    """Draws from probs [B, L, V] at the positions in `keep` [B, L]; elsewhere 0 (never used)."""
     B, L, V = probs.shape
-    return (probs.view(-1, V) / noise.exponential).argmax(dim=-1).view(B, L)
+    rows = keep.reshape(-1).nonzero().squeeze(1)
+    picked = (probs.view(-1, V)[rows] / noise.exponential(rows)).argmax(dim=-1)
+    return torch.zeros(B * L, dtype=torch.long, device=probs.device).index_copy_(0, rows, picked).view(B, L)
 
 
 def renoise(accepted: torch.Tensor, candidates: torch.Tensor, noise: StepNoise) -> torch.Tensor:

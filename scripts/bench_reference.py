@@ -49,6 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import dgemma_runtime
+
     from tests.checkpoints import TinySpec, load_reference, write_checkpoint
 
     spec = TinySpec(text=MID_TEXT, canvas_length=CANVAS, perturb=True)
