@@ -91,3 +91,44 @@ class KVCache:
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class SequenceKV:
+    """The same interface as `KVCache`, grown by concatenation instead of written in place, so gradients
+    flow through it. Used for training; masks are built from absolute positions exactly as `KVCache` does."""
+
+    def __init__(self, config: TextConfig) -> None:
+        self.config = config
+        self.length = 0
+        self.window = config.sliding_window
+        self.keys: list[torch.Tensor | None] = [None] * config.num_layers
+        self.values: list[torch.Tensor | None] = [None] * config.num_layers
+
+    def reserve(self, new_tokens: int) -> None:
+        """Unbounded: nothing to check."""
+
+    def encoder_kv(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        old_k, old_v = self.keys[layer], self.values[layer]
+        keys = k if old_k is None else torch.cat([old_k, k], dim=2)
+        values = v if old_v is None else torch.cat([old_v, v], dim=2)
+        self.keys[layer], self.values[layer] = keys, values
+        T, S = self.length, k.shape[2]
+        q_pos = torch.arange(T, T + S, device=k.device)[:, None]
+        k_pos = torch.arange(T + S, device=k.device)[None, :]
+        mask = k_pos <= q_pos
+        if self.config.layers[layer].is_sliding:
+            mask &= k_pos > q_pos - self.window
+        return keys, values, mask
+
+    def advance(self, new_tokens: int) -> None:
+        self.length += new_tokens
+
+    def decoder_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            return k, v
+        if self.config.layers[layer].is_sliding:
+            keys, values = keys[:, :, -(self.window - 1) :], values[:, :, -(self.window - 1) :]
+        return torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)

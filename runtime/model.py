@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache
+from .cache import KVCache, SequenceKV
 from .config import LayerSpec, TextConfig
 
 
@@ -233,7 +233,7 @@ class DiffusionGemma(nn.Module):
             out.append(tables[key])
         return out
 
-    def encode(self, ids: torch.Tensor, cache: KVCache) -> None:
+    def encode(self, ids: torch.Tensor, cache: KVCache | SequenceKV) -> None:
         """Causal pass over ids [B, S] at positions cache.length.. ; appends their K/V to the cache."""
         S = ids.shape[1]
         cache.reserve(S)
@@ -253,7 +253,7 @@ class DiffusionGemma(nn.Module):
         weight = self.embed_tokens.weight
         return torch.matmul(probs.to(weight.dtype), weight) * self.embed_scale()
 
-    def decode(self, canvas: torch.Tensor, cache: KVCache, prev_probs: torch.Tensor | None) -> torch.Tensor:
+    def decode(self, canvas: torch.Tensor, cache: KVCache | SequenceKV, prev_probs: torch.Tensor | None) -> torch.Tensor:
         """Denoiser pass: canvas [B, L] over the read-only cache -> fp32 soft-capped logits [B, L, V].
 
         `prev_probs` is softmax of the previous step's temperature-scaled logits (None on a canvas's first step).

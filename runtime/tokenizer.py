@@ -56,6 +56,10 @@ class Tokenizer:
         self.channel_close = self._tok.token_to_id(CHANNEL_CLOSE)
         self.turn_close = self._tok.token_to_id(TURN_CLOSE)
 
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
     def encode(self, text: str) -> list[int]:
         """Plain encoding: no BOS or other special tokens are added (the chat format writes its own)."""
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -18,7 +18,7 @@ from tests.checkpoints import TinySpec  # noqa: E402
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own model store and Hugging Face cache."""
-    monkeypatch.setenv("DGEMMA_HOME", str(tmp_path / "dgemma-home"))
+    monkeypatch.setenv("DGEMMA_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

@@ -79,3 +79,22 @@ def test_bfloat16_logits_stay_close(tmp_path):
             results.append(engine.model.decode(canvas, cache, None))
     assert results[1].dtype == torch.float32  # logits are always float32
     assert max_relative_error(results[1], results[0]) < 0.05
+
+
+def test_the_differentiable_kv_store_gives_the_same_logits(tmp_path):
+    """Training runs the model over SequenceKV; it must compute what inference computes."""
+    from dgemma_runtime.cache import SequenceKV
+
+    spec = TinySpec(seed=12)
+    engine = dgemma_runtime.load(write_checkpoint(spec, tmp_path / "ckpt"), device="cpu", dtype="float32")
+    g = torch.Generator().manual_seed(3)
+    chunks = [torch.randint(0, 512, (2, n), generator=g) for n in (11, 16)]
+    canvas = torch.randint(0, 512, (2, 16), generator=g)
+    probs = torch.softmax(torch.randn(2, 16, 512, generator=g), dim=-1)
+    results = []
+    for store in (KVCache(engine.config, 2, 27, engine.device, engine.dtype), SequenceKV(engine.config)):
+        with torch.no_grad():
+            for chunk in chunks:
+                engine.model.encode(chunk, store)
+            results.append(engine.model.decode(canvas, store, probs))
+    assert max_relative_error(results[1], results[0]) <= TOLERANCE
