@@ -17,7 +17,7 @@ from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .generate import Engine, GenerationResult, Session
 from .model import DiffusionGemma
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from .tokenizer import Message, TextStream, Tokenizer, render_chat
+from .tokenizer import Message, TextStream, Tokenizer, render_chat, render_follow_up
 from .weights import load_state
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "load",
     "load_config",
     "render_chat",
+    "render_follow_up",
 ]
 
 DTYPES = {

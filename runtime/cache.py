@@ -132,3 +132,19 @@ class SequenceKV:
         if self.config.layers[layer].is_sliding:
             keys, values = keys[:, :, -(self.window - 1) :], values[:, :, -(self.window - 1) :]
         return torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+
+
+def cache_bytes(config: TextConfig, batch: int, capacity: int, dtype: torch.dtype) -> int:
+    """Bytes `KVCache(config, batch, capacity, ...)` allocates."""
+    ring = max(1, min(capacity, config.sliding_window - 1))
+    element = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for spec in config.layers:
+        slots = (ring if spec.is_sliding else capacity) + config.canvas_length
+        total += 2 * batch * spec.num_kv_heads * slots * spec.head_dim * element
+    return total
+
+
+def step_workspace_bytes(config: TextConfig, batch: int) -> int:
+    """The largest per-step buffers over [B, L, V]: float32 logits and probabilities, float64 noise (CPU)."""
+    return 6 * batch * config.canvas_length * config.vocab_size * 4

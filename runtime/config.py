@@ -50,6 +50,7 @@ class TextConfig:
     rms_norm_eps: float
     final_logit_softcapping: float | None
     canvas_length: int
+    max_position_embeddings: int
     pad_token_id: int
     layers: tuple[LayerSpec, ...]
 
@@ -154,6 +155,7 @@ def parse_config(raw: dict[str, Any]) -> TextConfig:
             rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
             final_logit_softcapping=text.get("final_logit_softcapping", 30.0),
             canvas_length=int(raw.get("canvas_length", 256)),
+            max_position_embeddings=int(text.get("max_position_embeddings", 131072)),
             pad_token_id=int(text.get("pad_token_id", 0)),
             layers=layers,
         )

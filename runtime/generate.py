@@ -27,7 +27,8 @@ class Session:
     arrives (the reference never encodes the final canvas, §7 item 24). Batch 1."""
 
     cache: KVCache
-    pending: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # said by the model, not yet in the cache
+    closed: bool = True  # the model's last answer ended with an EOS (else the next turn must close it)
 
     @property
     def tokens(self) -> int:
@@ -134,13 +135,14 @@ class Engine:
 
         done = torch.zeros(B, dtype=torch.bool, device=device)  # rows that ended in an earlier canvas
         outputs: list[list[int]] = [[] for _ in range(B)]
-        last_canvas: list[int] = []
         forwards, steps_per_canvas = 0, []
         canvas_ids = None
         for c in range(n_canvases):
             if canvas_ids is not None:
                 model.encode(canvas_ids, cache)
                 clock.charge("encode")
+                if session is not None:
+                    session.pending = []
             denoised = yield from self._denoise(c, cache, generator, opts, done, clock)
             canvas_ids, steps, row_forwards = denoised
             forwards += row_forwards
@@ -160,16 +162,14 @@ class Engine:
                 cut = host_eos[r].index(True) + 1 if True in host_eos[r] else L
                 ids = tuple(host_ids[r][:cut])
                 outputs[r].extend(ids)
-                if r == 0:
-                    last_canvas = list(ids)
+                if session is not None:  # kept current, so a stream closed early leaves a consistent state
+                    session.pending, session.closed = list(ids), ids[-1] in self.defaults.eos_token_ids
                 text, thinking = streams[r].feed(ids) if streams[r] else ("", "")
                 yield CanvasEvent(r, c, ids, steps, text=text, thinking=thinking, done=host_new[r])
             done |= newly_done
             clock.charge("sample")
             if all(host_done[r] or host_new[r] for r in range(B)):
                 break
-        if session is not None:
-            session.pending = last_canvas
         hit_eos = all(o and o[-1] in self.defaults.eos_token_ids for o in outputs)
         t = clock.totals
         stats = GenerationStats(

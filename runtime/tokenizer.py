@@ -39,11 +39,20 @@ def render_chat(messages: Sequence[Message], think: bool = False, add_generation
             content = _THINKING_BLOCK.sub("", content).strip()  # history drops earlier reasoning
         parts.append(f"{TURN_OPEN}{role}\n{content}{TURN_CLOSE}\n")
     if add_generation_prompt:
-        # Thinking off: an empty, already-closed thought channel, or the model opens its own (§7 item 29).
-        parts.append(
-            f"{TURN_OPEN}model\n" + ("" if think else f"{CHANNEL_OPEN}{THOUGHT_LABEL}{CHANNEL_CLOSE}")
-        )
+        parts.append(_generation_prompt(think))
     return "".join(parts)
+
+
+def render_follow_up(user_text: str, think: bool = False, closed: bool = True) -> str:
+    """Continues a conversation whose cache already holds every earlier turn: closes the model's turn if its
+    answer was cut short, then the new user turn and the generation prompt."""
+    reopen = "" if closed else TURN_CLOSE
+    return f"{reopen}\n{TURN_OPEN}user\n{user_text.strip()}{TURN_CLOSE}\n" + _generation_prompt(think)
+
+
+def _generation_prompt(think: bool) -> str:
+    # Thinking off: an empty, already-closed thought channel, or the model opens its own (§7 item 29).
+    return f"{TURN_OPEN}model\n" + ("" if think else f"{CHANNEL_OPEN}{THOUGHT_LABEL}{CHANNEL_CLOSE}")
 
 
 class Tokenizer:

@@ -7,6 +7,7 @@ Checkpoint keys follow transformers' `save_pretrained` (§2.3): the shared text 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,12 @@ def load_state(
     expected = expected_shapes(config)
     validate(found, expected)
     return {module_name(n): t for n, t in iter_tensors(found, list(expected), device, dtype)}
+
+
+def parameter_counts(config: TextConfig) -> tuple[int, int]:
+    """(total, active per token) text parameters; only K of the E experts run for a token."""
+    shapes = expected_shapes(config)
+    total = sum(math.prod(s) for s in shapes.values())
+    experts = sum(math.prod(s) for n, s in shapes.items() if ".experts." in n)
+    inactive = experts * (config.num_experts - config.top_k_experts) // config.num_experts
+    return total, total - inactive

@@ -96,3 +96,20 @@ def test_unknown_options_are_an_error_not_silently_dropped(engine):
 def test_batched_prompts_must_have_equal_length(engine):
     with pytest.raises(OptionError, match="equal length"):
         engine.generate([[1, 2, 3], [1, 2]])
+
+
+def test_a_stream_closed_mid_canvas_leaves_the_session_consistent(engine):
+    session = engine.new_session(context=256)
+    stream = engine.stream(P1, session=session, seed=1, max_new_tokens=48)
+    canvases = []
+    for event in stream:
+        if isinstance(event, CanvasEvent):
+            canvases.append(event)
+        if isinstance(event, StepEvent) and event.canvas == 1 and event.step == 3:
+            break
+    stream.close()
+    # canvas 0, the answer so far, is already in the cache; nothing of canvas 1 is kept; the turn is open
+    assert len(canvases) == 1 and session.pending == [] and not session.closed
+    assert session.cache.length == len(P1) + 16
+    follow = engine.generate(P2, session=session, seed=2, max_new_tokens=16)
+    assert session.cache.length == len(P1) + 16 + len(P2) and len(follow.token_ids) == 16

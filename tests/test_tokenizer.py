@@ -78,3 +78,12 @@ def test_a_character_split_across_canvases_is_never_garbled(tokenizer):
     pieces = [stream.feed([token]) for token in ids] + [stream.feed([EOS[0]])]
     assert all("\ufffd" not in a for a, _ in pieces)
     assert "".join(a for a, _ in pieces) == "café ☕ 日本"
+
+
+def test_a_follow_up_turn_continues_after_the_cached_answer():
+    from dgemma_runtime import render_follow_up
+
+    assert render_follow_up("more", closed=True) == (
+        "\n<|turn>user\nmore<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
+    )
+    assert render_follow_up("more", think=True, closed=False) == "<turn|>\n<|turn>user\nmore<turn|>\n<|turn>model\n"
