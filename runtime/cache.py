@@ -17,9 +17,7 @@ from .errors import ContextFullError
 
 
 class KVCache:
-    def __init__(
-        self, config: TextConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, config: TextConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
         self.config = config
         self.capacity = capacity
         self.length = 0  # positions encoded so far (T)

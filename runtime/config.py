@@ -73,9 +73,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(
-            f"{path.parent}: no {path.name} (is this a Hugging Face model folder?)"
-        ) from None
+        raise CheckpointError(f"{path.parent}: no {path.name} (is this a Hugging Face model folder?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
 
@@ -134,9 +132,7 @@ def parse_config(raw: dict[str, Any]) -> TextConfig:
         )
     text = raw.get("text_config") or {}
     if text.get("use_bidirectional_attention") == "all":
-        raise UnsupportedModelError(
-            "use_bidirectional_attention='all' (bidirectional encoder) is not supported"
-        )
+        raise UnsupportedModelError("use_bidirectional_attention='all' (bidirectional encoder) is not supported")
     try:
         layers = _layer_specs(text)
         heads = int(text.get("num_attention_heads", 8))

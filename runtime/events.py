@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,14 @@ class GenerationStats:
     @property
     def prompt_tokens_per_second(self) -> float:
         return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """Every field and derived rate, for JSON output, the server and bench."""
+        return asdict(self) | {
+            "tokens_per_forward": self.tokens_per_forward,
+            "decode_tokens_per_second": self.decode_tokens_per_second,
+            "prompt_tokens_per_second": self.prompt_tokens_per_second,
+        }
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import torch
 from . import sampler
 from .cache import KVCache
 from .config import GenerationDefaults, TextConfig
-from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .errors import OptionError
+from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .model import DiffusionGemma
 from .options import GenerationOptions, ResolvedOptions
 from .tokenizer import TextStream, Tokenizer
@@ -80,9 +80,7 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------------------------------
 
-    def generate(
-        self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: object
-    ) -> GenerationResult:
+    def generate(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: object) -> GenerationResult:
         final = None
         for event in self.stream(prompt_ids, **options):
             if isinstance(event, FinalEvent):
@@ -121,9 +119,7 @@ class Engine:
             cache = session.cache
             cache.reserve(P)
             n_canvases = min(n_canvases, (cache.capacity - cache.length - P) // L + 1)
-        generator = torch.Generator(device).manual_seed(
-            opts.seed if opts.seed is not None else secrets.randbits(63)
-        )
+        generator = torch.Generator(device).manual_seed(opts.seed if opts.seed is not None else secrets.randbits(63))
         eos = torch.tensor(self.defaults.eos_token_ids, device=device)
         streams = [self._text_stream() for _ in range(B)]
         clock = _Clock(device)
@@ -239,9 +235,7 @@ class Engine:
             converged = converged | newly
             current, argmax, prev_probs = nxt, new_argmax, sc_probs
             steps += 1
-            host = [
-                x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)
-            ]
+            host = [x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)]
             clock.charge("sample")
             for r in range(B):
                 if host[0][r]:
@@ -276,9 +270,7 @@ class Engine:
 def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]]:
     if len(prompt_ids) == 0:
         raise OptionError("the prompt is empty")
-    rows = (
-        [list(map(int, r)) for r in prompt_ids] if not isinstance(prompt_ids[0], int) else [list(prompt_ids)]
-    )
+    rows = [list(map(int, r)) for r in prompt_ids] if not isinstance(prompt_ids[0], int) else [list(prompt_ids)]
     if any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
         raise OptionError("batched prompts must be non-empty and of equal length")
     return rows

@@ -98,9 +98,7 @@ class Attention(nn.Module):
         v = rms_norm(v, None, self.eps)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # scale=1.0: q_norm/k_norm carry the scale (§2.5).
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=True)
         B, _, S, _ = out.shape
@@ -253,7 +251,9 @@ class DiffusionGemma(nn.Module):
         weight = self.embed_tokens.weight
         return torch.matmul(probs.to(weight.dtype), weight) * self.embed_scale()
 
-    def decode(self, canvas: torch.Tensor, cache: KVCache | SequenceKV, prev_probs: torch.Tensor | None) -> torch.Tensor:
+    def decode(
+        self, canvas: torch.Tensor, cache: KVCache | SequenceKV, prev_probs: torch.Tensor | None
+    ) -> torch.Tensor:
         """Denoiser pass: canvas [B, L] over the read-only cache -> fp32 soft-capped logits [B, L, V].
 
         `prev_probs` is softmax of the previous step's temperature-scaled logits (None on a canvas's first step).

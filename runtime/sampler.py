@@ -51,9 +51,7 @@ def entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return -(probs * logp).sum(-1)
 
 
-def random_canvas(
-    shape: tuple[int, int], vocab: int, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
+def random_canvas(shape: tuple[int, int], vocab: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Uniform noise over the whole vocabulary (there is no mask token)."""
     return torch.randint(0, vocab, shape, generator=generator, device=device)
 

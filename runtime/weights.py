@@ -157,9 +157,7 @@ def iter_tensors(
                 yield name, tensor.to(device=device, dtype=dtype)
 
 
-def load_state(
-    folder: Path, config: TextConfig, device: torch.device, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
+def load_state(folder: Path, config: TextConfig, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Validate the checkpoint against the config, then read it as `module name -> tensor`."""
     found = read_header(shard_files(Path(folder)))
     expected = expected_shapes(config)

@@ -85,8 +85,10 @@ def main() -> None:
         times["dgemma"].append(t_ours)
 
     ref, mine = statistics.median(times["transformers"]), statistics.median(times["dgemma"])
-    print(f"config: hidden 512, 6 layers, 32 experts top-4, vocab 32k, canvas {CANVAS}, {STEPS} fixed steps, "
-          f"prompt {PROMPT}, {NEW_TOKENS} new tokens; {args.threads} threads, {args.runs} runs (median)")
+    print(
+        f"config: hidden 512, 6 layers, 32 experts top-4, vocab 32k, canvas {CANVAS}, {STEPS} fixed steps, "
+        f"prompt {PROMPT}, {NEW_TOKENS} new tokens; {args.threads} threads, {args.runs} runs (median)"
+    )
     print(f"transformers {ref:8.3f} s")
     print(f"dgemma       {mine:8.3f} s")
     print(f"speed-up     {ref / mine:8.2f}x   (identical ids: {same}/{total})")

@@ -105,9 +105,7 @@ GENERATION_CONFIG = {
 # -- data ----------------------------------------------------------------------------------------------------
 
 
-def examples(
-    records: list[dict], tokenizer: Tokenizer, seed: int
-) -> dict[int, list[tuple[list[int], list[int]]]]:
+def examples(records: list[dict], tokenizer: Tokenizer, seed: int) -> dict[int, list[tuple[list[int], list[int]]]]:
     """(prefix, canvas) pairs, bucketed by prefix length so a batch needs no padding: one pair per canvas
     of each answer, the answer ending with <turn|> and pad after it."""
     rng = random.Random(seed)
@@ -124,9 +122,7 @@ def examples(
     return buckets
 
 
-def batches(
-    buckets: dict, batch_size: int, rng: random.Random
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(buckets: dict, batch_size: int, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless batches: a bucket drawn in proportion to its size, then pairs from it."""
     lengths = sorted(buckets)
     weights = [len(buckets[n]) for n in lengths]
@@ -314,16 +310,12 @@ def main() -> None:
         if step % (args.report_every * 10) == 0:
             save_state(args.work, model, optimizer, step, time.perf_counter() - start)
             export(model, args.out, vocab_size)
-            print(
-                "  sample:", sample_answers(args.out, [held_out[0]["prompt"] or "Tell me a story."])[0][:300]
-            )
+            print("  sample:", sample_answers(args.out, [held_out[0]["prompt"] or "Tell me a story."])[0][:300])
     save_state(args.work, model, optimizer, step, time.perf_counter() - start)
     export(model, args.out, vocab_size)
     for prompt, text in zip(
         ["Tell me a story about a brave little boat.", "Tell me a story about a red kite."],
-        sample_answers(
-            args.out, ["Tell me a story about a brave little boat.", "Tell me a story about a red kite."]
-        ),
+        sample_answers(args.out, ["Tell me a story about a brave little boat.", "Tell me a story about a red kite."]),
         strict=True,
     ):
         print(f"\n> {prompt}\n{text}")

@@ -18,10 +18,23 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 SPECIAL_IDS = {
-    0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>",
-    46: "<|tool>", 47: "<tool|>", 48: "<|tool_call>", 49: "<tool_call|>", 50: "<|tool_response>",
-    51: "<tool_response|>", 52: '<|"|>', 98: "<|think|>", 100: "<|channel>", 101: "<channel|>",
-    105: "<|turn>", 106: "<turn|>",
+    0: "<pad>",
+    1: "<eos>",
+    2: "<bos>",
+    3: "<unk>",
+    4: "<mask>",
+    46: "<|tool>",
+    47: "<tool|>",
+    48: "<|tool_call>",
+    49: "<tool_call|>",
+    50: "<|tool_response>",
+    51: "<tool_response|>",
+    52: '<|"|>',
+    98: "<|think|>",
+    100: "<|channel>",
+    101: "<channel|>",
+    105: "<|turn>",
+    106: "<turn|>",
 }
 RESERVED_IDS = 108
 MIN_VOCAB = 2000
@@ -36,8 +49,7 @@ def special_tokens() -> list[str]:
 
 def chat_text(prompt: str, story: str) -> str:
     """A record in the chat format the runtime feeds the model, with an empty thought channel."""
-    return (f"<bos><|turn>user\n{prompt}<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
-            f"{story}<turn|>")
+    return f"<bos><|turn>user\n{prompt}<turn|>\n<|turn>model\n<|channel>thought\n<channel|>{story}<turn|>"
 
 
 def training_texts(records: Iterable[dict[str, str]]) -> Iterator[str]:
@@ -76,9 +88,7 @@ def check(tokenizer: Tokenizer, stories: list[str], vocab_size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=Path("work_tiny/stories.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("dgemma_cli/builtin/dgemma-tiny/tokenizer.json"))
     parser.add_argument("--vocab-size", type=int, default=4096, help="total, special tokens included")
@@ -94,8 +104,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(args.out))
     lengths = [len(e.ids) for e in tokenizer.encode_batch(stories)]
-    print(f"vocab size {tokenizer.get_vocab_size()}, {sum(lengths) / len(lengths):.1f} tokens per story "
-          f"({len(records)} stories), saved to {args.out} in {time.perf_counter() - start:.1f}s")
+    print(
+        f"vocab size {tokenizer.get_vocab_size()}, {sum(lengths) / len(lengths):.1f} tokens per story "
+        f"({len(records)} stories), saved to {args.out} in {time.perf_counter() - start:.1f}s"
+    )
 
 
 if __name__ == "__main__":

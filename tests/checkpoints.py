@@ -71,9 +71,7 @@ def build_reference(spec: TinySpec):
         model.model.decoder.embed_tokens.weight.mul_(spec.embed_scale)
         if spec.perturb:
             for name, tensor in model.model.decoder.named_parameters():
-                if name.endswith(
-                    ("norm.weight", "norm_1.weight", "norm_2.weight", "router.scale", "per_expert_scale")
-                ):
+                if name.endswith(("norm.weight", "norm_1.weight", "norm_2.weight", "router.scale", "per_expert_scale")):
                     tensor.copy_(1.0 + 0.3 * torch.randn(tensor.shape, generator=generator))
             for i, layer in enumerate(model.model.decoder.layers):
                 layer.layer_scalar.fill_(0.9 + 0.05 * i)

@@ -23,9 +23,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    hf.train_from_iterator(
-        ["the little boat sailed home", "thought about the sea", "café ☕ 日本"] * 20, trainer
-    )
+    hf.train_from_iterator(["the little boat sailed home", "thought about the sea", "café ☕ 日本"] * 20, trainer)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     hf.save(str(path))
     return Tokenizer(path)
@@ -33,9 +31,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
 
 def test_thinking_off_ends_with_an_empty_closed_thought_channel():
     text = render_chat([Message("user", "  Why is the sky blue? ")])
-    assert (
-        text == "<bos><|turn>user\nWhy is the sky blue?<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
-    )
+    assert text == "<bos><|turn>user\nWhy is the sky blue?<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
 
 
 def test_thinking_on_opens_a_system_turn_and_leaves_the_model_turn_open():

@@ -67,12 +67,8 @@ def test_per_layer_geometry_of_the_released_config():
     config = parse_config({"model_type": "diffusion_gemma", "text_config": RELEASED_TEXT})
     full = [i for i, spec in enumerate(config.layers) if not spec.is_sliding]
     assert full == [5, 11, 17, 23, 29]
-    assert {(s.head_dim, s.num_kv_heads, s.has_v_proj) for s in config.layers if s.is_sliding} == {
-        (256, 8, True)
-    }
-    assert {(s.head_dim, s.num_kv_heads, s.has_v_proj) for s in config.layers if not s.is_sliding} == {
-        (512, 2, False)
-    }
+    assert {(s.head_dim, s.num_kv_heads, s.has_v_proj) for s in config.layers if s.is_sliding} == {(256, 8, True)}
+    assert {(s.head_dim, s.num_kv_heads, s.has_v_proj) for s in config.layers if not s.is_sliding} == {(512, 2, False)}
     assert config.layers[5].rope.partial_rotary_factor == 0.25 and config.layers[0].rope.theta == 10000.0
 
 

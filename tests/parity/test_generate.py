@@ -107,9 +107,7 @@ def test_batch_of_two_rows_stopping_at_different_steps(tmp_path):
     spec = TinySpec(embed_scale=40.0, seed=2, generation=CONFIDENT)
     result, _ = assert_same_generation(tmp_path, spec, prompt(batch=2), max_new_tokens=48)
     assert len(result.rows) == 2
-    assert result.stats.decoder_forwards < 2 * sum(
-        result.stats.steps_per_canvas
-    )  # rows froze at different steps
+    assert result.stats.decoder_forwards < 2 * sum(result.stats.steps_per_canvas)  # rows froze at different steps
 
 
 def test_eos_inside_a_canvas(tmp_path):

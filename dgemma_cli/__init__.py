@@ -1,0 +1,1 @@
+"""The dgemma command-line tool."""

@@ -1,0 +1,3 @@
+from dgemma_cli.app import main
+
+main()

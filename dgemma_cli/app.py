@@ -1,0 +1,166 @@
+"""The `dgemma` command: one thin function per subcommand. Each parses flags, calls the store or the runtime,
+hands events to a view, and leaves error reporting to `main`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+from dgemma_runtime import Engine, GenerationOptions, Message, load
+from rich.console import Console
+from rich.table import Table
+
+from . import store
+from .errors import UsageProblem, run_guarded
+from .facts import human, model_facts
+from .views import FramesView, JsonView, LiveView, PlainView, consume, print_stats
+
+app = typer.Typer(
+    name="dgemma",
+    help="Run Google's DiffusionGemma locally: watch the canvas denoise, chat, serve, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# -- shared options --------------------------------------------------------------------------------
+
+Steps = Annotated[int | None, typer.Option("--steps", help="Maximum denoising steps per canvas.", min=1)]
+TMax = Annotated[float | None, typer.Option("--t-max", help="Temperature at the first step.")]
+TMin = Annotated[float | None, typer.Option("--t-min", help="Temperature at the last step.")]
+EntropyBound = Annotated[float | None, typer.Option("--entropy-bound", help="Entropy accepted per step.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (same seed, same answer).", min=0)]
+MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", help="Answer length limit (whole canvases).", min=1)]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
+
+
+def generation_options(
+    steps: int | None,
+    t_max: float | None,
+    t_min: float | None,
+    entropy_bound: float | None,
+    seed: int | None,
+    max_new_tokens: int | None,
+) -> GenerationOptions:
+    return GenerationOptions(
+        max_new_tokens=max_new_tokens,
+        max_denoising_steps=steps,
+        t_min=t_min,
+        t_max=t_max,
+        entropy_bound=entropy_bound,
+        seed=seed,
+    )
+
+
+def load_model(ref: str, device: str, dtype: str) -> tuple[store.Manifest, Engine, float]:
+    manifest = store.resolve(ref)
+    started = time.perf_counter()
+    engine = load(manifest.folder, device=device, dtype=dtype)
+    if engine.tokenizer is None:
+        raise UsageProblem(f"model '{ref}' has no tokenizer.json, so it cannot take text prompts")
+    return manifest, engine, time.perf_counter() - started
+
+
+def read_prompt(words: list[str] | None) -> str:
+    """Piped stdin goes before the words on the command line (Ollama's convention)."""
+    piped = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    return "\n\n".join(part for part in (piped.strip(), " ".join(words or []).strip()) if part)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="A model name (see 'dgemma list') or a model folder.")],
+    prompt: Annotated[list[str] | None, typer.Argument(help="The prompt; none starts a chat.")] = None,
+    steps: Steps = None,
+    t_max: TMax = None,
+    t_min: TMin = None,
+    entropy_bound: EntropyBound = None,
+    seed: Seed = None,
+    max_new_tokens: MaxNew = None,
+    think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first.")] = False,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    no_view: Annotated[bool, typer.Option("--no-view", help="Plain text instead of the live canvas.")] = False,
+    output_format: Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")] = None,
+    frames: Annotated[bool, typer.Option("--frames", help="NDJSON, one object per denoising step.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Timing and diffusion statistics.")] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Answer a prompt, or chat when no prompt is given."""
+    if output_format not in (None, "json"):
+        raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+    options = generation_options(steps, t_max, t_min, entropy_bound, seed, max_new_tokens)
+    text = read_prompt(prompt)
+    interactive = not text and sys.stdin.isatty()
+    if not text and not interactive:
+        raise UsageProblem("no prompt: pass one after the model name or pipe it on stdin")
+    manifest, engine, load_seconds = load_model(model, device, dtype)
+    options.merged().resolve(engine.defaults)  # bad values fail before any work
+    if interactive:
+        from .chat import Chat
+
+        Chat(engine, manifest, options, think=think, system=system, verbose=verbose).loop()
+        return
+
+    messages = ([Message("system", system)] if system else []) + [Message("user", text)]
+    assert engine.tokenizer is not None
+    ids = engine.tokenizer.chat(messages, think=think)
+    console = Console(highlight=False)
+    if frames:
+        view = FramesView()
+    elif output_format == "json":
+        view = JsonView(model=manifest.ref)
+    elif sys.stdout.isatty() and not no_view:
+        view = LiveView(console, engine.tokenizer)
+    else:
+        view = PlainView()
+    consume(engine.stream(ids, options=options), view)
+    stats = view.finish()
+    if verbose and stats is not None:
+        print_stats(stats, load_seconds)
+
+
+@app.command("list")
+def list_models() -> None:
+    """Models in the local store."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "SIZE", "QUANTIZATION", "MODIFIED"):
+        table.add_column(column)
+    for manifest in store.list_models():
+        name = manifest.ref + (" (built in)" if manifest.builtin else "")
+        table.add_row(name, human(manifest.size_bytes()), manifest.quantization, manifest.modified[:19])
+    Console().print(table)
+
+
+@app.command()
+def show(model: Annotated[str, typer.Argument(help="A model name or folder.")]) -> None:
+    """Architecture, size, sampler defaults and memory needs of a model."""
+    manifest = store.resolve(model)
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in model_facts(manifest):
+        table.add_row(label, value)
+    Console().print(table)
+
+
+@app.command()
+def rm(models: Annotated[list[str], typer.Argument(help="Model names to delete.")]) -> None:
+    """Delete models from the local store."""
+    for name in models:
+        store.remove(name)
+        Console(stderr=True).print(f"deleted '{name}'")
+
+
+def main() -> None:
+    sys.exit(run_guarded(app))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Where models live: names <-> folders, manifests, and the facts `list` and `show` print.
+
+A name is `name[:tag]` (tag `latest` when omitted). Each stored model has a manifest,
+`$DGEMMA_MODELS/manifests/<name>/<tag>.json`, that points at a Hugging Face-format folder (usually a snapshot
+in the Hugging Face cache). Built-in models ship inside the package and need no manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import platformdirs
+from dgemma_runtime import DgemmaError
+
+BUILTIN = {"dgemma-tiny": "builtin/dgemma-tiny"}  # name -> folder inside the dgemma_cli package
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ModelNotFound(DgemmaError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found — see 'dgemma list', or 'dgemma pull {name}'")
+
+
+class StoreError(DgemmaError):
+    pass
+
+
+@dataclass
+class Manifest:
+    name: str
+    tag: str
+    path: str  # the model folder (config.json, safetensors, tokenizer.json)
+    source: str  # "builtin", "hf:org/repo", or "local"
+    revision: str = ""
+    format: str = "safetensors"
+    quantization: str = "none"
+    files: list[dict] = field(default_factory=list)  # {"name", "size", "sha256"}
+    modified: str = ""  # ISO time the model was stored
+
+    @property
+    def ref(self) -> str:
+        return self.name if self.tag == "latest" else f"{self.name}:{self.tag}"
+
+    @property
+    def builtin(self) -> bool:
+        return self.source == "builtin"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.path)
+
+    def size_bytes(self) -> int:
+        if self.files:
+            return sum(int(f["size"]) for f in self.files)
+        return sum(p.stat().st_size for p in self.folder.glob("*") if p.is_file())
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("DGEMMA_MODELS") or platformdirs.user_data_path("dgemma") / "models")
+
+
+def parse_name(ref: str) -> tuple[str, str]:
+    """`name[:tag]` -> (name, tag), refusing anything that could leave the store."""
+    name, _, tag = ref.strip().partition(":")
+    tag = tag or "latest"
+    if not NAME.match(name) or not TAG.match(tag) or ".." in name or ".." in tag:
+        raise StoreError(f"invalid model name '{ref}': use lowercase letters, digits, '.', '_' or '-', and ':tag'")
+    return name, tag
+
+
+def _manifest_path(name: str, tag: str) -> Path:
+    return models_dir() / "manifests" / name / f"{tag}.json"
+
+
+def _builtin(name: str) -> Manifest:
+    folder = Path(str(resources.files("dgemma_cli").joinpath(BUILTIN[name])))
+    modified = datetime.fromtimestamp((folder / "config.json").stat().st_mtime, timezone.utc).isoformat()
+    return Manifest(name=name, tag="latest", path=str(folder), source="builtin", modified=modified)
+
+
+def _read(path: Path) -> Manifest:
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise StoreError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def resolve(ref: str) -> Manifest:
+    """A store name, or a path to a Hugging Face-format folder."""
+    if "/" in ref or ref.startswith(".") or Path(ref).is_dir():
+        folder = Path(ref).expanduser()
+        if not folder.is_dir():
+            raise ModelNotFound(ref)
+        return Manifest(name=folder.name, tag="latest", path=str(folder.resolve()), source="local")
+    name, tag = parse_name(ref)
+    if name in BUILTIN and tag == "latest":
+        return _builtin(name)
+    path = _manifest_path(name, tag)
+    if not path.exists():
+        raise ModelNotFound(ref)
+    return _read(path)
+
+
+def list_models() -> list[Manifest]:
+    found = [_builtin(name) for name in BUILTIN]
+    root = models_dir() / "manifests"
+    if root.is_dir():
+        found += [_read(p) for p in sorted(root.glob("*/*.json"))]
+    return found
+
+
+def save(manifest: Manifest) -> Path:
+    name, tag = parse_name(f"{manifest.name}:{manifest.tag}")
+    if name in BUILTIN:
+        raise StoreError(f"'{name}' is a built-in model name")
+    path = _manifest_path(name, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest.modified = manifest.modified or datetime.now(timezone.utc).isoformat()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(manifest), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def remove(ref: str) -> Manifest:
+    """Delete a manifest, and its folder when the store owns it and no other manifest points at it."""
+    name, tag = parse_name(ref)
+    if name in BUILTIN and tag == "latest":
+        raise StoreError(f"'{name}' is built into dgemma and cannot be removed")
+    manifest = resolve(ref)
+    _manifest_path(name, tag).unlink()
+    still_used = any(m.path == manifest.path for m in list_models())
+    if not still_used and manifest.source != "local" and manifest.folder.exists():
+        shutil.rmtree(manifest.folder)
+    parent = _manifest_path(name, tag).parent
+    if parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+    return manifest

@@ -1,0 +1,297 @@
+"""Terminal consumers of the runtime's event stream: the live canvas, plain text, JSON and NDJSON frames.
+
+Each view takes events one at a time (`handle`) and returns the final stats from `finish`; none of them
+reaches into the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import asdict
+from typing import IO, Protocol
+
+from dgemma_runtime import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent, Tokenizer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+SETTLED_STEPS = 3  # a token unchanged this many steps counts as settled; changing after that is a correction
+STYLES = {
+    "unresolved": "grey50",
+    "accepted": "bold green",
+    "settled": "default",
+    "corrected": "bold black on yellow",
+}
+LEGEND = Text.assemble(
+    ("unresolved", STYLES["unresolved"]),
+    "  ",
+    ("accepted this step", STYLES["accepted"]),
+    "  ",
+    ("settled", STYLES["settled"]),
+    "  ",
+    ("self-corrected", STYLES["corrected"]),
+)
+
+
+class View(Protocol):
+    answer: str
+
+    def handle(self, event: Event) -> None: ...
+
+    def finish(self) -> GenerationStats | None: ...
+
+
+def consume(events: Generator[Event, None, None], view: View) -> None:
+    """Feed a view; on Ctrl-C stop generating, leave the screen sane and what was said in place."""
+    try:
+        for event in events:
+            view.handle(event)
+    except KeyboardInterrupt:
+        events.close()
+        if isinstance(view, LiveView):
+            view.abort()
+        raise
+
+
+class CanvasTracker:
+    """Per-position history of one canvas: how long each token has held, and whether it was corrected."""
+
+    def __init__(self) -> None:
+        self.ids: tuple[int, ...] = ()
+        self.held: list[int] = []
+        self.corrected: list[int] = []  # steps left to show a correction
+
+    def update(self, event: StepEvent) -> list[str]:
+        if len(self.ids) != len(event.ids):
+            self.ids, self.held, self.corrected = event.ids, [0] * len(event.ids), [0] * len(event.ids)
+        states = []
+        for i, token in enumerate(event.ids):
+            if token == self.ids[i]:
+                self.held[i] += 1
+                self.corrected[i] = max(0, self.corrected[i] - 1)
+            else:
+                if self.held[i] >= SETTLED_STEPS:
+                    self.corrected[i] = 2
+                self.held[i] = 0
+            if self.corrected[i]:
+                states.append("corrected")
+            elif event.accepted[i]:
+                states.append("accepted")
+            elif self.held[i] >= SETTLED_STEPS:
+                states.append("settled")
+            else:
+                states.append("unresolved")
+        self.ids = event.ids
+        return states
+
+
+class TokenPieces:
+    """Display text of single token ids (cached): special tokens as a visible mark, whitespace kept."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        piece = self.cache.get(token)
+        if piece is None:
+            piece = self.tokenizer.decode([token], skip_special_tokens=False)
+            if piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
+                piece = "·"  # a special token: keep the canvas geometry, hide the markup
+            piece = piece.replace("\ufffd", "·").replace("\n", "⏎\n")
+            self.cache[token] = piece
+        return piece
+
+
+class PlainView:
+    """The answer as plain text on `out`, canvas by canvas; thinking (when shown) on `err`."""
+
+    def __init__(self, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, show_thinking: bool = True) -> None:
+        self.out, self.err, self.show_thinking = out, err, show_thinking
+        self.answer = ""
+        self.stats: GenerationStats | None = None
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, CanvasEvent):
+            if event.thinking and self.show_thinking:
+                self.err.write(event.thinking)
+                self.err.flush()
+            text = event.text if self.answer else event.text.lstrip()
+            if text:
+                self.out.write(text)
+                self.answer += text
+                self.out.flush()
+        elif isinstance(event, FinalEvent):
+            self.stats = event.stats
+
+    def finish(self) -> GenerationStats | None:
+        if self.answer and not self.answer.endswith("\n"):
+            self.out.write("\n")
+            self.out.flush()
+        return self.stats
+
+
+class JsonView:
+    """One JSON object at the end: answer, thinking and stats."""
+
+    def __init__(self, out: IO[str] = sys.stdout, model: str = "") -> None:
+        self.out, self.model = out, model
+        self.answer, self.thinking = "", ""  # answer: the raw text; printed stripped
+        self.stats: GenerationStats | None = None
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, CanvasEvent):
+            self.answer += event.text
+            self.thinking += event.thinking
+        elif isinstance(event, FinalEvent):
+            self.stats = event.stats
+
+    def finish(self) -> GenerationStats | None:
+        record = {
+            "model": self.model,
+            "answer": self.answer.strip(),
+            "thinking": self.thinking.strip(),
+            "stats": self.stats.as_dict() if self.stats else None,
+        }
+        self.out.write(json.dumps(record) + "\n")
+        self.out.flush()
+        return self.stats
+
+
+class FramesView:
+    """NDJSON: one object per event, for external visualisers."""
+
+    def __init__(self, out: IO[str] = sys.stdout) -> None:
+        self.out = out
+        self.answer = ""
+        self.stats: GenerationStats | None = None
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, CanvasEvent):
+            self.answer += event.text
+        if isinstance(event, StepEvent):
+            record = {"type": "step", **asdict(event)}
+        elif isinstance(event, CanvasEvent):
+            record = {"type": "canvas", **asdict(event)}
+        else:
+            self.stats = event.stats
+            record = {"type": "final", "stats": event.stats.as_dict()}
+        self.out.write(json.dumps(record) + "\n")
+        self.out.flush()
+
+    def finish(self) -> GenerationStats | None:
+        return self.stats
+
+
+class LiveView:
+    """The canvas denoising in place. Finished lines of the answer go to the scrollback as ordinary text; the
+    live region holds the unfinished line, the canvas being denoised, a status line and the legend."""
+
+    def __init__(self, console: Console, tokenizer: Tokenizer, show_thinking: bool = True) -> None:
+        self.console = console
+        self.pieces = TokenPieces(tokenizer)
+        self.show_thinking = show_thinking
+        self.tracker = CanvasTracker()
+        self.pending = Text()  # the answer's unfinished last line
+        self.canvas = Text()
+        self.status = Text()
+        self.generated = 0
+        self.answer = ""
+        self.answer_started = self.thought = False
+        self.started = time.perf_counter()
+        self.stats: GenerationStats | None = None
+        self.live = Live(console=console, auto_refresh=False, transient=True, vertical_overflow="crop")
+        self.live.start()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, StepEvent):
+            self._draw_step(event)
+        elif isinstance(event, CanvasEvent):
+            self.generated += len(event.ids)
+            self.canvas = Text()
+            self.tracker = CanvasTracker()
+            if event.thinking and self.show_thinking:
+                self.thought = True
+                self._commit(event.thinking, "dim italic")
+            text = event.text if self.answer_started else event.text.lstrip()
+            if text:
+                if self.thought and not self.answer_started:
+                    self._commit("\n\n", "")
+                self.answer_started = True
+                self.answer += text
+                self._commit(text, "")
+        elif isinstance(event, FinalEvent):
+            self.stats = event.stats
+        self._refresh()
+
+    def _draw_step(self, event: StepEvent) -> None:
+        states = self.tracker.update(event)
+        canvas = Text()
+        for token, state in zip(event.ids, states, strict=True):
+            canvas.append(self.pieces(token), STYLES[state])
+        self.canvas = canvas
+        elapsed = time.perf_counter() - self.started
+        rate = self.generated / elapsed if elapsed > 0 else 0.0
+        self.status = Text(
+            f"canvas {event.canvas + 1} · step {event.step}/{event.max_steps} · "
+            f"accepted {sum(event.accepted)}/{len(event.ids)} · entropy {event.mean_entropy:.2f} · "
+            f"{rate:.0f} tok/s",
+            style="bold cyan",
+        )
+
+    def _commit(self, text: str, style: str) -> None:
+        """Complete lines go to the scrollback for good; the rest waits in the live region."""
+        self.pending.append(text, style)
+        plain = self.pending.plain
+        cut = plain.rfind("\n")
+        if cut >= 0:
+            done, self.pending = self.pending[:cut], self.pending[cut + 1 :]
+            self.live.console.print(done, soft_wrap=False)
+
+    def _refresh(self) -> None:
+        height = max(4, self.console.size.height - 1)
+        parts = [self.pending + self.canvas, self.status, LEGEND]
+        body = Group(*parts)
+        lines = self.console.render_lines(parts[0], self.console.options, pad=False)
+        if len(lines) + 2 > height:  # keep the canvas and status on screen: drop the oldest pending rows
+            body = Group(Text("…", style="dim"), *self._tail(parts[0], height - 3), self.status, LEGEND)
+        self.live.update(body, refresh=True)
+
+    def _tail(self, text: Text, rows: int) -> list[Text]:
+        wrapped = text.wrap(self.console, self.console.size.width)
+        return list(wrapped)[-max(1, rows) :]
+
+    def finish(self) -> GenerationStats | None:
+        self.live.stop()
+        if self.pending.plain:
+            self.console.print(self.pending)
+        return self.stats
+
+    def abort(self) -> None:
+        """Stop drawing and leave what was said on screen (Ctrl-C)."""
+        self.live.stop()
+        if self.pending.plain:
+            self.console.print(self.pending)
+
+
+def print_stats(stats: GenerationStats, load_seconds: float, err: IO[str] = sys.stderr) -> None:
+    """Ollama-style statistics, plus what only a diffusion model has: forwards and tokens per forward."""
+    rows = [
+        ("total duration", f"{stats.total_seconds + load_seconds:.3f}s"),
+        ("load duration", f"{load_seconds:.3f}s"),
+        ("prompt eval count", f"{stats.prompt_tokens} token(s)"),
+        ("prompt eval duration", f"{stats.prefill_seconds * 1000:.1f}ms"),
+        ("prompt eval rate", f"{stats.prompt_tokens_per_second:.2f} tokens/s"),
+        ("eval count", f"{stats.generated_tokens} token(s)"),
+        ("eval duration", f"{stats.total_seconds - stats.prefill_seconds:.3f}s"),
+        ("eval rate", f"{stats.decode_tokens_per_second:.2f} tokens/s"),
+        ("decoder forwards", str(stats.decoder_forwards)),
+        ("steps per canvas", ", ".join(map(str, stats.steps_per_canvas))),
+        ("tokens per forward", f"{stats.tokens_per_forward:.2f}"),
+    ]
+    for label, value in rows:
+        err.write(f"{label + ':':22s}{value}\n")
+    err.flush()
