@@ -1,0 +1,1 @@
+"""dgemma_kernels: GPU kernels, each beside its plain-PyTorch reference. (Populated by the quantization work.)"""
