@@ -41,6 +41,9 @@ class View(Protocol):
 
     def handle(self, event: Event) -> None: ...
 
+    def close(self) -> None:
+        """Stop drawing and leave what was said on screen; safe to call twice."""
+
     def finish(self) -> GenerationStats | None: ...
 
 
@@ -51,8 +54,7 @@ def consume(events: Generator[Event, None, None], view: View) -> None:
             view.handle(event)
     except KeyboardInterrupt:
         events.close()
-        if isinstance(view, LiveView):
-            view.abort()
+        view.close()
         raise
 
 
@@ -127,10 +129,14 @@ class PlainView:
         elif isinstance(event, FinalEvent):
             self.stats = event.stats
 
-    def finish(self) -> GenerationStats | None:
+    def close(self) -> None:
         if self.answer and not self.answer.endswith("\n"):
             self.out.write("\n")
+            self.answer += "\n"
             self.out.flush()
+
+    def finish(self) -> GenerationStats | None:
+        self.close()
         return self.stats
 
 
@@ -148,6 +154,9 @@ class JsonView:
             self.thinking += event.thinking
         elif isinstance(event, FinalEvent):
             self.stats = event.stats
+
+    def close(self) -> None:
+        """An interrupted answer prints no JSON."""
 
     def finish(self) -> GenerationStats | None:
         record = {
@@ -181,6 +190,9 @@ class FramesView:
             record = {"type": "final", "stats": event.stats.as_dict()}
         self.out.write(json.dumps(record) + "\n")
         self.out.flush()
+
+    def close(self) -> None:
+        """Every frame is already out."""
 
     def finish(self) -> GenerationStats | None:
         return self.stats
@@ -264,17 +276,15 @@ class LiveView:
         wrapped = text.wrap(self.console, self.console.size.width)
         return list(wrapped)[-max(1, rows) :]
 
-    def finish(self) -> GenerationStats | None:
+    def close(self) -> None:
         self.live.stop()
         if self.pending.plain:
             self.console.print(self.pending)
-        return self.stats
+            self.pending = Text()
 
-    def abort(self) -> None:
-        """Stop drawing and leave what was said on screen (Ctrl-C)."""
-        self.live.stop()
-        if self.pending.plain:
-            self.console.print(self.pending)
+    def finish(self) -> GenerationStats | None:
+        self.close()
+        return self.stats
 
 
 def print_stats(stats: GenerationStats, load_seconds: float, err: IO[str] = sys.stderr) -> None:

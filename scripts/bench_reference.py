@@ -42,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
 
     import torch
@@ -56,8 +57,8 @@ def main() -> None:
     gen = {"max_new_tokens": NEW_TOKENS, "max_denoising_steps": STEPS}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_checkpoint(spec, Path(tmp) / "mid")
-        reference = load_reference(folder)
-        ours = dgemma_runtime.load(folder, device="cpu", dtype="float32")
+        reference = load_reference(folder).to(getattr(torch, args.dtype))
+        ours = dgemma_runtime.load(folder, device="cpu", dtype=args.dtype)
     prompt = torch.randint(5, 30000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
 
     def run_reference(seed: int) -> list[int]:
@@ -87,7 +88,7 @@ def main() -> None:
     ref, mine = statistics.median(times["transformers"]), statistics.median(times["dgemma"])
     print(
         f"config: hidden 512, 6 layers, 32 experts top-4, vocab 32k, canvas {CANVAS}, {STEPS} fixed steps, "
-        f"prompt {PROMPT}, {NEW_TOKENS} new tokens; {args.threads} threads, {args.runs} runs (median)"
+        f"prompt {PROMPT}, {NEW_TOKENS} new tokens; {args.dtype}, {args.threads} threads, {args.runs} runs (median)"
     )
     print(f"transformers {ref:8.3f} s")
     print(f"dgemma       {mine:8.3f} s")

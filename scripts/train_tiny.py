@@ -135,9 +135,10 @@ def batches(buckets: dict, batch_size: int, rng: random.Random) -> Iterator[tupl
 # -- objective -----------------------------------------------------------------------------------------------
 
 
-def corrupt(canvas: torch.Tensor, vocab: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform-state noise: each token replaced by a uniform random id with a per-example rate in [0, 1)."""
-    rate = torch.rand(canvas.shape[0], 1, generator=generator)
+def corrupt(canvas: torch.Tensor, vocab: int, generator: torch.Generator, rate: float | None = None) -> torch.Tensor:
+    """Uniform-state noise: each token replaced by a uniform random id, at `rate` or a per-example rate in [0, 1)."""
+    if rate is None:
+        rate = torch.rand(canvas.shape[0], 1, generator=generator)
     noisy = torch.rand(canvas.shape, generator=generator) < rate
     return torch.where(noisy, torch.randint(0, vocab, canvas.shape, generator=generator), canvas)
 

@@ -1,0 +1,124 @@
+"""`dgemma bench`: drives the same event stream as `run`, N times, and reports what a diffusion model's speed
+really is: effective decode rate, tokens per decoder forward, steps per canvas, step latency, memory."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from dgemma_runtime import CanvasEvent, Engine, FinalEvent, GenerationOptions, GenerationStats, Message, StepEvent
+
+DEFAULT_PROMPTS = (
+    "Tell me a story about a brave little boat.",
+    "Explain why the sky is blue in three sentences.",
+    "Write a short poem about autumn leaves.",
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One timed generation."""
+
+    time_to_first_token: float  # seconds until the first canvas was final
+    prompt_tokens_per_second: float
+    decode_tokens_per_second: float
+    tokens_per_forward: float
+    steps_per_canvas: float
+    step_latency_p50: float  # seconds between consecutive denoising steps, as a consumer sees them
+    step_latency_p90: float
+    encode_share: float  # of the generation's time
+    decode_share: float
+    sample_share: float
+    generated_tokens: int
+    decoder_forwards: int
+
+
+@dataclass
+class BenchReport:
+    model: str
+    device: str
+    dtype: str
+    runs: list[RunResult] = field(default_factory=list)
+    peak_gpu_bytes: int = 0
+    peak_process_bytes: int = 0
+
+    def medians(self) -> dict[str, float]:
+        names = [k for k in asdict(self.runs[0]) if k not in ("generated_tokens", "decoder_forwards")]
+        return {name: statistics.median(getattr(r, name) for r in self.runs) for name in names}
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "runs": [asdict(r) for r in self.runs],
+            "median": self.medians(),
+            "peak_gpu_bytes": self.peak_gpu_bytes,
+            "peak_process_bytes": self.peak_process_bytes,
+        }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed_run(engine: Engine, ids: list[int], options: GenerationOptions) -> RunResult:
+    started = time.perf_counter()
+    first_canvas = None
+    gaps: list[float] = []
+    last_step = None
+    stats: GenerationStats | None = None
+    for event in engine.stream(ids, options=options):
+        now = time.perf_counter()
+        if isinstance(event, StepEvent):
+            if last_step is not None and event.step > 1:
+                gaps.append(now - last_step)
+            last_step = now
+        elif isinstance(event, CanvasEvent) and first_canvas is None:
+            first_canvas = now - started
+        elif isinstance(event, FinalEvent):
+            stats = event.stats
+    assert stats is not None
+    busy = stats.encode_seconds + stats.decode_seconds + stats.sample_seconds or 1.0
+    return RunResult(
+        time_to_first_token=first_canvas or 0.0,
+        prompt_tokens_per_second=stats.prompt_tokens_per_second,
+        decode_tokens_per_second=stats.decode_tokens_per_second,
+        tokens_per_forward=stats.tokens_per_forward,
+        steps_per_canvas=statistics.mean(stats.steps_per_canvas),
+        step_latency_p50=percentile(gaps, 0.5),
+        step_latency_p90=percentile(gaps, 0.9),
+        encode_share=stats.encode_seconds / busy,
+        decode_share=stats.decode_seconds / busy,
+        sample_share=stats.sample_seconds / busy,
+        generated_tokens=stats.generated_tokens,
+        decoder_forwards=stats.decoder_forwards,
+    )
+
+
+def bench(
+    engine: Engine, model: str, prompts: list[str], runs: int, options: GenerationOptions, fixed_steps: bool
+) -> BenchReport:
+    """A warm-up, then `runs` timed generations cycling through the prompts."""
+    if fixed_steps:
+        options = options.merged(confidence_threshold=0.0)  # never confident: every canvas runs all its steps
+    assert engine.tokenizer is not None
+    encoded = [engine.tokenizer.chat([Message("user", p)]) for p in prompts]
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timed_run(engine, encoded[0], options)  # warm-up: allocator, kernels, caches
+    report = BenchReport(model=model, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."))
+    for i in range(runs):
+        report.runs.append(timed_run(engine, encoded[i % len(encoded)], options))
+    if engine.device.type == "cuda":
+        report.peak_gpu_bytes = torch.cuda.max_memory_allocated()
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    report.peak_process_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return report
