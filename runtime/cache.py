@@ -34,10 +34,6 @@ class KVCache:
         # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
         self.ring_positions = torch.full((self.ring,), -1, dtype=torch.long, device=device)
 
-    @property
-    def batch(self) -> int:
-        return self.keys[0].shape[0]
-
     def reserve(self, new_tokens: int) -> None:
         """Fail before any work if `new_tokens` more positions (plus a canvas) do not fit."""
         if self.length + new_tokens > self.capacity:

@@ -30,10 +30,6 @@ class Session:
     pending: list[int] = field(default_factory=list)  # said by the model, not yet in the cache
     closed: bool = True  # the model's last answer ended with an EOS (else the next turn must close it)
 
-    @property
-    def tokens(self) -> int:
-        return self.cache.length + len(self.pending)
-
 
 @dataclass(frozen=True)
 class GenerationResult:

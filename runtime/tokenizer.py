@@ -76,9 +76,6 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def id_to_token(self, token_id: int) -> str | None:
-        return self._tok.id_to_token(token_id)
-
     def chat(self, messages: Sequence[Message], think: bool = False) -> list[int]:
         return self.encode(render_chat(messages, think=think))
 
