@@ -158,6 +158,22 @@ def rm(models: Annotated[list[str], typer.Argument(help="Model names to delete."
         Console(stderr=True).print(f"deleted '{name}'")
 
 
+@app.command()
+def pull(
+    model: Annotated[
+        str, typer.Argument(help="diffusiongemma[:26b-fp8|:26b-nvfp4] or a hub repo: org/repo[:revision].")
+    ],
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit to pull.")] = None,
+) -> None:
+    """Download a model from the Hugging Face hub into the Hugging Face cache (resumable, verified)."""
+    from .hub import target  # huggingface_hub loads only for this command
+    from .pull import pull_model
+    from .pull_view import render
+
+    goal = target(model, revision)
+    render(goal, pull_model(goal))
+
+
 def main() -> None:
     sys.exit(run_guarded(app))
 

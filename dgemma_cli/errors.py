@@ -5,9 +5,8 @@ from __future__ import annotations
 import errno
 import sys
 
-import click
 import typer
-from dgemma_runtime import DgemmaError
+from dgemma_runtime import DgemmaError, OptionError
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -26,16 +25,12 @@ def run_guarded(app: typer.Typer) -> int:
     try:
         result = app(standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "dgemma"
-        _say(f"{exc.format_message()} (see '{command} --help')")
-        return EXIT_USAGE
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED
-    except UsageProblem as exc:
+    except (UsageProblem, OptionError) as exc:
         _say(str(exc))
         return EXIT_USAGE
     except DgemmaError as exc:
@@ -53,8 +48,12 @@ def run_guarded(app: typer.Typer) -> int:
     except MemoryError:
         _say("out of memory: try a smaller model, a quantized variant, or a shorter --max-new-tokens")
         return EXIT_FAILURE
-    except Exception as exc:  # CUDA out-of-memory and friends, without importing torch.cuda here
-        if type(exc).__name__ == "OutOfMemoryError":
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # Click's usage errors (Typer vendors Click)
+            ctx = getattr(exc, "ctx", None)
+            _say(f"{exc.format_message()} (see '{ctx.command_path if ctx else 'dgemma'} --help')")
+            return exc.exit_code
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
             _say(
                 "GPU out of memory: try a quantized variant (diffusiongemma:26b-fp8 or :26b-nvfp4), "
                 "a shorter --max-new-tokens, or --device cpu"

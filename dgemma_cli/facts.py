@@ -20,6 +20,14 @@ def human(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def count(n: int) -> str:
+    """A parameter count the way model cards write it: 6.7M, 25.25B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}".rstrip("0").rstrip(".") + unit
+    return str(n)
+
+
 def gpu_line(needed: int) -> str:
     if not torch.cuda.is_available():
         return "no GPU found: runs on the CPU"
@@ -40,7 +48,7 @@ def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
     return [
         ("architecture", "diffusion_gemma (block diffusion, encoder + bidirectional decoder)"),
         ("source", manifest.source + (f" @ {manifest.revision}" if manifest.revision else "")),
-        ("parameters", f"{total / 1e9:.2f}B total, {active / 1e9:.2f}B active per token"),
+        ("parameters", f"{count(total)} total, {count(active)} active per token"),
         ("experts", f"{config.num_experts}, {config.top_k_experts} per token"),
         ("quantization", manifest.quantization),
         ("context length", str(config.max_position_embeddings)),

@@ -1,6 +1,7 @@
 """Where models live: names <-> folders, manifests, and the facts `list` and `show` print.
 
-A name is `name[:tag]` (tag `latest` when omitted). Each stored model has a manifest,
+A name is `name[:tag]` (tag `latest` when omitted); a Hugging Face repo `[hf.co/]org/repo[:revision]` names the model
+pulled from it (`org--repo`, tagged with its revision). Each stored model has a manifest,
 `$DGEMMA_MODELS/manifests/<name>/<tag>.json`, that points at a Hugging Face-format folder (usually a snapshot
 in the Hugging Face cache). Built-in models ship inside the package and need no manifest.
 """
@@ -19,9 +20,13 @@ from pathlib import Path
 import platformdirs
 from dgemma_runtime import DgemmaError
 
+from .hfcache import delete_snapshot
+
 BUILTIN = {"dgemma-tiny": "builtin/dgemma-tiny"}  # name -> folder inside the dgemma_cli package
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HUB_PREFIX = re.compile(r"^(?:https?://)?(?:huggingface\.co|hf\.co)/")
+HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class ModelNotFound(DgemmaError):
@@ -76,13 +81,37 @@ def parse_name(ref: str) -> tuple[str, str]:
     return name, tag
 
 
+def hub_ref(ref: str) -> tuple[str, str | None] | None:
+    """`[hf.co/]org/repo[:revision]` -> (repo id, revision or None); None when `ref` is not a hub repo."""
+    repo, _, revision = HUB_PREFIX.sub("", ref.strip().rstrip("/")).partition(":")
+    return (repo, revision or None) if HUB_REPO.match(repo) else None
+
+
+def _sanitised(text: str, allowed: str) -> str:
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(f"[^{allowed}]+", "-", text))
+    return cleaned.lstrip("-._")[:64]
+
+
+def hub_name(repo_id: str, revision: str | None) -> tuple[str, str]:
+    """The store name of a hub repo: `Org/Repo` -> `org--repo`, tagged with its revision (`latest` for main)."""
+    name = _sanitised(repo_id.lower().replace("/", "--"), "a-z0-9._-")
+    tag = "latest" if revision in (None, "main") else _sanitised(revision, "A-Za-z0-9._-")
+    return parse_name(f"{name}:{tag}")
+
+
+def _key(ref: str) -> tuple[str, str]:
+    hub = hub_ref(ref)
+    return hub_name(*hub) if hub else parse_name(ref)
+
+
 def _manifest_path(name: str, tag: str) -> Path:
     return models_dir() / "manifests" / name / f"{tag}.json"
 
 
 def _builtin(name: str) -> Manifest:
     folder = Path(str(resources.files("dgemma_cli").joinpath(BUILTIN[name])))
-    modified = datetime.fromtimestamp((folder / "config.json").stat().st_mtime, timezone.utc).isoformat()
+    config = folder / "config.json"
+    modified = datetime.fromtimestamp(config.stat().st_mtime, timezone.utc).isoformat() if config.exists() else ""
     return Manifest(name=name, tag="latest", path=str(folder), source="builtin", modified=modified)
 
 
@@ -94,13 +123,13 @@ def _read(path: Path) -> Manifest:
 
 
 def resolve(ref: str) -> Manifest:
-    """A store name, or a path to a Hugging Face-format folder."""
-    if "/" in ref or ref.startswith(".") or Path(ref).is_dir():
-        folder = Path(ref).expanduser()
-        if not folder.is_dir():
-            raise ModelNotFound(ref)
+    """A store name, a pulled hub repo (`org/repo`), or a path to a Hugging Face-format folder."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
         return Manifest(name=folder.name, tag="latest", path=str(folder.resolve()), source="local")
-    name, tag = parse_name(ref)
+    if ("/" in ref or ref.startswith(".")) and not hub_ref(ref):
+        raise ModelNotFound(ref)
+    name, tag = _key(ref)
     if name in BUILTIN and tag == "latest":
         return _builtin(name)
     path = _manifest_path(name, tag)
@@ -131,15 +160,22 @@ def save(manifest: Manifest) -> Path:
 
 
 def remove(ref: str) -> Manifest:
-    """Delete a manifest, and its folder when the store owns it and no other manifest points at it."""
-    name, tag = parse_name(ref)
+    """Delete a manifest, and its folder when the store owns it and no other manifest points at it.
+
+    A model pulled from the hub owns its snapshot in the Hugging Face cache: the snapshot goes, with the refs
+    that name it and the blobs no other snapshot links to.
+    """
+    name, tag = _key(ref)
     if name in BUILTIN and tag == "latest":
         raise StoreError(f"'{name}' is built into dgemma and cannot be removed")
     manifest = resolve(ref)
     _manifest_path(name, tag).unlink()
     still_used = any(m.path == manifest.path for m in list_models())
-    if not still_used and manifest.source != "local" and manifest.folder.exists():
-        shutil.rmtree(manifest.folder)
+    if not still_used and manifest.folder.exists():
+        if manifest.source.startswith("hf:"):
+            delete_snapshot(manifest.folder)
+        elif manifest.source != "local":
+            shutil.rmtree(manifest.folder)
     parent = _manifest_path(name, tag).parent
     if parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()

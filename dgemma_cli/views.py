@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Generator
 from dataclasses import asdict
 from typing import IO, Protocol
@@ -90,6 +91,11 @@ class CanvasTracker:
         return states
 
 
+def visible(text: str) -> str:
+    """Control characters (ESC among them) would drive the terminal: show them as a mark instead."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else "·" for c in text)
+
+
 class TokenPieces:
     """Display text of single token ids (cached): special tokens as a visible mark, whitespace kept."""
 
@@ -103,7 +109,7 @@ class TokenPieces:
             piece = self.tokenizer.decode([token], skip_special_tokens=False)
             if piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
                 piece = "·"  # a special token: keep the canvas geometry, hide the markup
-            piece = piece.replace("\ufffd", "·").replace("\n", "⏎\n")
+            piece = visible(piece.replace("\ufffd", "·").replace("\n", "⏎\n"))
             self.cache[token] = piece
         return piece
 
@@ -256,7 +262,7 @@ class LiveView:
 
     def _commit(self, text: str, style: str) -> None:
         """Complete lines go to the scrollback for good; the rest waits in the live region."""
-        self.pending.append(text, style)
+        self.pending.append(visible(text), style)
         plain = self.pending.plain
         cut = plain.rfind("\n")
         if cut >= 0:

@@ -3,8 +3,9 @@
 The objective is DiffusionGemma's own (block diffusion with uniform-state noise): a prefix (the chat prompt
 and any earlier canvases of the answer) is encoded causally, and the next canvas, corrupted by replacing each
 token with a uniform random one at a random rate, is denoised bidirectionally over the prefix's keys.
-Cross-entropy over the canvas. Half of the steps train self-conditioning: a first pass without it, whose tempered softmax
-feeds a second pass that carries the loss. The model is the runtime's own `DiffusionGemma`, over `SequenceKV`.
+Cross-entropy over the canvas. Half of the steps train self-conditioning: a first pass without it, whose
+tempered softmax feeds a second pass that carries the loss. The model is the runtime's own `DiffusionGemma`,
+over `SequenceKV`.
 
     python scripts/make_story_corpus.py && python scripts/train_tokenizer.py   # corpus and tokenizer first
     python scripts/train_tiny.py --minutes 40                                  # resumes if interrupted
