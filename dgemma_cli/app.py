@@ -3,8 +3,10 @@ hands events to a view, and leaves error reporting to `main`."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -172,6 +174,42 @@ def pull(
 
     goal = target(model, revision)
     render(goal, pull_model(goal))
+
+
+@app.command("bench")
+def bench_command(
+    model: Annotated[str, typer.Argument(help="A model name or folder.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="A file with one prompt per line.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs after one warm-up.", min=1)] = 3,
+    max_new_tokens: MaxNew = 512,
+    steps: Steps = None,
+    fixed_steps: Annotated[bool, typer.Option("--fixed-steps", help="No early stop: every step runs.")] = False,
+    seed: Seed = 0,
+    output_format: Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Honest speed: effective and in-step tok/s, tokens per forward, steps per canvas, latency, memory."""
+    from .bench import DEFAULT_PROMPTS, bench, render
+
+    if output_format not in (None, "json"):
+        raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+    texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()] if prompts else []
+    if prompts and not texts:
+        raise UsageProblem(f"{prompts} holds no prompts")
+    manifest, engine, _ = load_model(model, device, dtype)
+    options = generation_options(steps, None, None, None, seed, max_new_tokens)
+    options.resolve(engine.defaults)
+    if max_new_tokens is not None and max_new_tokens < engine.config.canvas_length:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] --max-new-tokens {max_new_tokens} is shorter than a canvas "
+            f"({engine.config.canvas_length} tokens); each run still denoises a whole canvas"
+        )
+    report = bench(engine, manifest.ref, texts or list(DEFAULT_PROMPTS), runs, options, fixed_steps)
+    if output_format == "json":
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+    else:
+        render(report, Console())
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from dgemma_runtime import CanvasEvent, Engine, FinalEvent, GenerationOptions, GenerationStats, Message, StepEvent
+from rich.console import Console
+from rich.table import Table
 
 DEFAULT_PROMPTS = (
     "Tell me a story about a brave little boat.",
@@ -122,3 +124,34 @@ def bench(
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
     report.peak_process_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
     return report
+
+
+ROWS = (
+    ("time to first token", "time_to_first_token", "{:.3f} s"),
+    ("prompt tok/s", "prompt_tokens_per_second", "{:.1f}"),
+    ("decode tok/s (effective)", "decode_tokens_per_second", "{:.1f}"),
+    ("tokens per forward", "tokens_per_forward", "{:.2f}"),
+    ("steps per canvas", "steps_per_canvas", "{:.1f}"),
+    ("step latency p50", "step_latency_p50", "{:.1f} ms"),
+    ("step latency p90", "step_latency_p90", "{:.1f} ms"),
+    ("time in encoder", "encode_share", "{:.0%}"),
+    ("time in decoder", "decode_share", "{:.0%}"),
+    ("time in sampler", "sample_share", "{:.0%}"),
+)
+
+
+def render(report: BenchReport, console: Console) -> None:
+    table = Table(title=f"{report.model} on {report.device} ({report.dtype}), {len(report.runs)} runs")
+    table.add_column("metric")
+    table.add_column("median", justify="right")
+    for i in range(len(report.runs)):
+        table.add_column(f"run {i + 1}", justify="right")
+    for label, name, form in ROWS:
+        scale = 1000 if form.endswith("ms") else 1
+        values = [report.medians()[name], *(getattr(r, name) for r in report.runs)]
+        table.add_row(label, *(form.format(v * scale) for v in values))
+    console.print(table)
+    memory = f"peak memory: process {report.peak_process_bytes / 1e6:.0f} MB"
+    if report.peak_gpu_bytes:
+        memory += f", GPU {report.peak_gpu_bytes / 1e6:.0f} MB"
+    console.print(memory)
