@@ -5,7 +5,8 @@ Layout per layer: `[B, kv_heads, slots + L, head_dim]`, where the last L slots a
 - Sliding layers keep only the last W-1 positions (what the reference's dynamic cache keeps, §3.1) in a ring:
   slot = position % (W-1). Keys are stored after RoPE, so slot order does not matter to attention.
 The encoder appends; the decoder writes the canvas K/V into scratch slots right after the valid ones and reads
-one contiguous slice, so a denoising step allocates nothing and needs no mask (§3.2, §3.3).
+one contiguous slice, so a denoising step allocates nothing and needs no mask (§3.2, §3.3) — unless rows of a
+batch are left-padded, when the padding positions are hidden from every query, as the reference's 2-D mask does.
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from .errors import ContextFullError
 
 
 class KVCache:
-    def __init__(self, config: TextConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config: TextConfig,
+        batch: int,
+        capacity: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        padding: list[int] | None = None,
+    ) -> None:
         self.config = config
+        # Left padding of each row (positions below it hold no token); None when no row is padded.
+        self.padding = torch.tensor(padding, device=device) if padding and any(padding) else None
         self.capacity = capacity
         self.length = 0  # positions encoded so far (T)
         self.window = config.sliding_window
@@ -57,8 +68,8 @@ class KVCache:
             self.keys[layer][:, :, T : T + S] = k
             self.values[layer][:, :, T : T + S] = v
             keys, values = self.keys[layer][:, :, : T + S], self.values[layer][:, :, : T + S]
-            mask = torch.arange(T + S, device=k.device)[None, :] <= q_pos[:, None]
-            return keys, values, mask
+            k_pos = torch.arange(T + S, device=k.device)
+            return keys, values, self._hide_padding(k_pos[None, :] <= q_pos[:, None], k_pos, q_pos)
         n = self._valid_ring()
         keys = torch.cat([self.keys[layer][:, :, :n], k], dim=2)
         values = torch.cat([self.values[layer][:, :, :n], v], dim=2)
@@ -68,7 +79,16 @@ class KVCache:
         slots = q_pos[S - keep :] % self.ring
         self.keys[layer][:, :, slots] = k[:, :, S - keep :]
         self.values[layer][:, :, slots] = v[:, :, S - keep :]
-        return keys, values, mask
+        return keys, values, self._hide_padding(mask, k_pos, q_pos)
+
+    def _hide_padding(self, mask: torch.Tensor, k_pos: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+        """[S, K] -> [B, 1, S, K] with padding keys hidden; a padding query still sees itself, so no softmax row
+        is empty (its output is never read)."""
+        if self.padding is None:
+            return mask
+        real = k_pos[None, :] >= self.padding[:, None]  # [B, K]
+        mask = (mask[None] & real[:, None, :]) | (k_pos[None, None, :] == q_pos[None, :, None])
+        return mask[:, None]
 
     def advance(self, new_tokens: int) -> None:
         T = self.length
@@ -77,14 +97,22 @@ class KVCache:
         self.ring_positions[positions % self.ring] = positions
         self.length = T + new_tokens
 
-    def decoder_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Place the canvas K/V [B, kv, L, D] after the visible cache; return [visible ; canvas] (no writes
-        to the cache proper: the slots used are scratch or still-empty ring slots)."""
-        start = self._valid_ring() if self.config.layers[layer].is_sliding else self.length
+    def decoder_kv(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Place the canvas K/V [B, kv, L, D] after the visible cache; return [visible ; canvas] and the padding
+        mask, if any (no writes to the cache proper: the slots used are scratch or still-empty ring slots)."""
+        sliding = self.config.layers[layer].is_sliding
+        start = self._valid_ring() if sliding else self.length
         end = start + k.shape[2]
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        mask = None
+        if self.padding is not None:
+            canvas = torch.arange(self.length, self.length + k.shape[2], device=k.device)
+            cached = self.ring_positions[:start] if sliding else torch.arange(start, device=k.device)
+            mask = (torch.cat([cached, canvas])[None, :] >= self.padding[:, None])[:, None, None]  # [B, 1, 1, K]
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end], mask
 
 
 class SequenceKV:
@@ -119,13 +147,13 @@ class SequenceKV:
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
 
-    def decoder_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decoder_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         keys, values = self.keys[layer], self.values[layer]
         if keys is None or values is None:
-            return k, v
+            return k, v, None
         if self.config.layers[layer].is_sliding:
             keys, values = keys[:, :, -(self.window - 1) :], values[:, :, -(self.window - 1) :]
-        return torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        return torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2), None
 
 
 def cache_bytes(config: TextConfig, batch: int, capacity: int, dtype: torch.dtype) -> int:

@@ -106,11 +106,15 @@ class Engine:
         cfg, model, device = self.config, self.model, self.device
         B, L = len(rows), cfg.canvas_length
         prefix = [(session.pending if session else []) + row for row in rows]
-        P = len(prefix[0])
+        P = max(len(p) for p in prefix)
+        # Rows of unequal length are left-padded; positions are not shifted (the reference's convention).
+        padding = [P - len(p) for p in prefix]
+        prompt_tokens = sum(len(p) for p in prefix)
+        prefix = [[self.defaults.pad_token_id] * pad + p for pad, p in zip(padding, prefix, strict=True)]
         # The last canvas is never encoded, so n canvases need room for P + (n-1)·L positions.
         n_canvases = math.ceil(opts.max_new_tokens / L)
         if session is None:
-            cache = KVCache(cfg, B, P + (n_canvases - 1) * L, device, self.dtype)
+            cache = KVCache(cfg, B, P + (n_canvases - 1) * L, device, self.dtype, padding)
         else:
             cache = session.cache
             cache.reserve(P)
@@ -165,7 +169,7 @@ class Engine:
         hit_eos = all(o and o[-1] in self.defaults.eos_token_ids for o in outputs)
         t = clock.totals
         stats = GenerationStats(
-            prompt_tokens=sum(len(p) for p in prefix),
+            prompt_tokens=prompt_tokens,
             generated_tokens=sum(len(o) for o in outputs),
             canvases=len(steps_per_canvas),
             decoder_forwards=forwards,
@@ -267,6 +271,6 @@ def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[i
     if len(prompt_ids) == 0:
         raise OptionError("the prompt is empty")
     rows = [list(map(int, r)) for r in prompt_ids] if not isinstance(prompt_ids[0], int) else [list(prompt_ids)]
-    if any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
-        raise OptionError("batched prompts must be non-empty and of equal length")
+    if not all(rows):
+        raise OptionError("every prompt of a batch needs at least one token")
     return rows

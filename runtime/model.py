@@ -264,8 +264,8 @@ class DiffusionGemma(nn.Module):
         positions = torch.arange(cache.length, cache.length + L, device=canvas.device)
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
             q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
-            keys, values = cache.decoder_kv(i, k, v)
-            h = layer.attention_residual(x, layer.self_attn.attend(q, keys, values, None))
+            keys, values, mask = cache.decoder_kv(i, k, v)
+            h = layer.attention_residual(x, layer.self_attn.attend(q, keys, values, mask))
             x = layer.feed_forward(h, layer.layer_scalar)
         logits = F.linear(self.norm(x), self.embed_tokens.weight).float()
         cap = self.config.final_logit_softcapping

@@ -93,9 +93,9 @@ def test_unknown_options_are_an_error_not_silently_dropped(engine):
         engine.generate(P1, top_p=0.9)
 
 
-def test_batched_prompts_must_have_equal_length(engine):
-    with pytest.raises(OptionError, match="equal length"):
-        engine.generate([[1, 2, 3], [1, 2]])
+def test_every_prompt_of_a_batch_needs_a_token(engine):
+    with pytest.raises(OptionError, match="at least one token"):
+        engine.generate([[1, 2, 3], []])
 
 
 def test_a_stream_closed_mid_canvas_leaves_the_session_consistent(engine):

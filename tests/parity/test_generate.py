@@ -122,3 +122,18 @@ def test_eos_inside_a_canvas(tmp_path):
     result, _ = assert_same_generation(tmp_path, spec, prompt(batch=2), max_new_tokens=48)
     assert result.rows[0][-1] == eos_id and len(result.rows[0]) <= 21
     assert result.stats.finish_reason in ("stop", "length")
+
+
+def test_left_padded_batch_of_unequal_prompts(tmp_path):
+    """Prompts of different lengths share a batch: left padding, hidden by the attention mask."""
+    spec = TinySpec(embed_scale=40.0, seed=2, generation=CONFIDENT)
+    folder = write_checkpoint(spec, tmp_path / "ckpt")
+    long, short = prompt(length=12)[0].tolist(), prompt(length=5, seed=99)[0].tolist()
+    padded = torch.tensor([long, [0] * 7 + short])
+    mask = torch.tensor([[1] * 12, [0] * 7 + [1] * 5])
+    expected, _ = reference_rows(folder, padded, 42, attention_mask=mask, max_new_tokens=32)
+    result = dgemma_runtime.load(folder, device="cpu", dtype="float32").generate(
+        [long, short], seed=42, max_new_tokens=32
+    )
+    assert result.rows == expected
+    assert result.stats.prompt_tokens == 17
