@@ -212,6 +212,40 @@ def bench_command(
         render(report, Console())
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1; $DGEMMA_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default 11435; 0 picks a free one).", min=0, max=65535)
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Load at start; the model of requests naming none.")
+    ] = None,
+    keep_alive: Annotated[
+        str, typer.Option("--keep-alive", help="Idle time before unloading ('5m'; -1: never).")
+    ] = "5m",
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Waiting requests before answering 503.", min=1)] = 16,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Requests sharing one decoder forward.", min=1)] = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Serve the Ollama API (/api) and the OpenAI API (/v1) over HTTP, batching concurrent requests."""
+    from .server import serve as run_server
+
+    run_server(
+        host,
+        port,
+        model,
+        keep_alive,
+        max_queue,
+        max_batch,
+        loader=lambda manifest: load_model(manifest.path, device, dtype)[1],
+        announce=Console(stderr=True, highlight=False).print,
+    )
+
+
 def main() -> None:
     sys.exit(run_guarded(app))
 

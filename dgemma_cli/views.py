@@ -270,17 +270,14 @@ class LiveView:
             self.live.console.print(done, soft_wrap=False)
 
     def _refresh(self) -> None:
-        height = max(4, self.console.size.height - 1)
-        parts = [self.pending + self.canvas, self.status, LEGEND]
-        body = Group(*parts)
-        lines = self.console.render_lines(parts[0], self.console.options, pad=False)
-        if len(lines) + 2 > height:  # keep the canvas and status on screen: drop the oldest pending rows
-            body = Group(Text("…", style="dim"), *self._tail(parts[0], height - 3), self.status, LEGEND)
-        self.live.update(body, refresh=True)
-
-    def _tail(self, text: Text, rows: int) -> list[Text]:
-        wrapped = text.wrap(self.console, self.console.size.width)
-        return list(wrapped)[-max(1, rows) :]
+        """Wrapped to the terminal's current size; when the text is taller than the screen, its oldest rows
+        give way to a '…' marker, so the canvas and the status line always stay visible."""
+        width, height = self.console.size
+        rows = list((self.pending + self.canvas).wrap(self.console, width))
+        room = max(2, height - 3)  # status, legend, and the line the cursor rests on
+        if len(rows) > room:
+            rows = [Text("…", style="dim"), *rows[-(room - 1) :]]
+        self.live.update(Group(*rows, self.status, LEGEND), refresh=True)
 
     def close(self) -> None:
         self.live.stop()

@@ -1,0 +1,290 @@
+"""Ollama's API under /api: generate and chat (NDJSON, one chunk per finished canvas, Ollama's statistics at the
+end), the model list, show, ps, pull (progress as NDJSON) and version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from importlib.metadata import version
+
+from dgemma_runtime import CanvasEvent, DgemmaError, StepEvent, load_config
+from dgemma_runtime.weights import parameter_counts
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import iterate_in_threadpool
+from starlette.requests import Request
+
+from . import pull as pulling
+from . import store
+from .api_schema import (
+    BadRequest,
+    ChatRequest,
+    GenerateRequest,
+    ModelRequest,
+    OllamaRequest,
+    PullRequest,
+    Render,
+    chat_prompt,
+    message,
+    ollama_options,
+    raw_prompt,
+    read_body,
+    user_prompt,
+)
+from .facts import count, model_facts
+from .server import Transcript, listed_models, model_name, ndjson, state_of, step_frame
+from .worker import Finished, Item, Job, Started
+
+router = APIRouter(prefix="/api")
+NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)  # expires_at of a model kept for good
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+# -- generate and chat -----------------------------------------------------------------------------
+
+
+class Reply:
+    """Ollama's response objects for one request: text per canvas, then `done` with its statistics."""
+
+    def __init__(self, model: str, chat: bool, job: Job, started: Started | None) -> None:
+        self.model, self.chat, self.job, self.started = model, chat, job, started
+        self.transcript = Transcript()
+
+    def _said(self, answer: str, thinking: str) -> dict[str, object]:
+        said: dict[str, object] = {"role": "assistant", "content": answer} if self.chat else {"response": answer}
+        if thinking:
+            said["thinking"] = thinking
+        return {"model": self.model, "created_at": now(), **({"message": said} if self.chat else said)}
+
+    def _done(self, finished: Finished) -> dict[str, object]:
+        stats = finished.stats
+        return {
+            "done": True,
+            "done_reason": finished.finish_reason,
+            "total_duration": ns(time.perf_counter() - self.job.submitted),
+            "load_duration": ns(self.started.load_seconds if self.started else 0.0),
+            "prompt_eval_count": finished.prompt_tokens,
+            "prompt_eval_duration": ns(stats.prefill_seconds),
+            "eval_count": finished.generated_tokens,
+            "eval_duration": ns(stats.total_seconds - stats.prefill_seconds),
+        }
+
+    def loaded(self) -> dict[str, object]:
+        """The answer to an empty request, which only loads (or unloads) the model."""
+        return self._said("", "") | {"done": True, "done_reason": "unload" if self.job.keep_alive == 0 else "load"}
+
+    async def chunks(self, items: AsyncIterator[Item]) -> AsyncIterator[dict]:
+        async for item in items:
+            if isinstance(item, StepEvent):
+                yield step_frame(item)
+            elif isinstance(item, CanvasEvent):
+                yield self._said(*self.transcript.add(item)) | {"done": False}
+            elif isinstance(item, Finished):
+                yield self._said("", "") | self._done(item)
+
+    async def whole(self, items: AsyncIterator[Item]) -> dict[str, object]:
+        finished = None
+        async for item in items:
+            if isinstance(item, CanvasEvent):
+                self.transcript.add(item)
+            elif isinstance(item, Finished):
+                finished = item
+        assert finished is not None, "the worker ends every generation with its statistics"
+        return self._said(self.transcript.answer, self.transcript.thinking) | self._done(finished)
+
+
+async def respond(request: Request, body: OllamaRequest, render: Render | None, chat: bool) -> Response:
+    state = state_of(request)
+    frames = body.frames and body.stream
+    job = state.job(body.model, body.keep_alive, render, ollama_options(body.options), frames)
+    started, items = await state.start(request, job)
+    reply = Reply(body.model or job.model.ref, chat, job, started)
+    if render is None:
+        return JSONResponse(reply.loaded())
+    if body.stream:
+        return ndjson(reply.chunks(items))
+    return JSONResponse(await reply.whole(items))
+
+
+def no_images(images: list[str] | None) -> None:
+    if images:
+        raise BadRequest("images are not supported: this runtime reads text only")
+
+
+@router.post("/generate")
+async def generate(request: Request) -> Response:
+    body = await read_body(request, GenerateRequest)
+    no_images(body.images)
+    think = bool(body.think)
+    if not body.prompt:
+        render = None
+    elif body.raw:
+        render = raw_prompt(body.prompt)
+    else:
+        render = user_prompt(body.prompt, body.system, think)
+    return await respond(request, body, render, chat=False)
+
+
+@router.post("/chat")
+async def chat(request: Request) -> Response:
+    body = await read_body(request, ChatRequest)
+    for m in body.messages:
+        no_images(m.images)
+    messages = [message(m.role, m.content) for m in body.messages]
+    return await respond(request, body, chat_prompt(messages, bool(body.think)) if messages else None, chat=True)
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def digest(manifest: store.Manifest) -> str:
+    """A stable identity for the stored model (Ollama's is its manifest's hash)."""
+    return hashlib.sha256(json.dumps(asdict(manifest), sort_keys=True).encode()).hexdigest()
+
+
+def details(manifest: store.Manifest) -> dict[str, object]:
+    try:
+        size = count(parameter_counts(load_config(manifest.folder)[0])[0])
+    except DgemmaError:  # a folder that is not (or no longer) a readable model still gets listed
+        size = ""
+    return {
+        "parent_model": "",
+        "format": manifest.format,
+        "family": "diffusion_gemma",
+        "families": ["diffusion_gemma"],
+        "parameter_size": size,
+        "quantization_level": manifest.quantization,
+    }
+
+
+def entry(manifest: store.Manifest) -> dict[str, object]:
+    return {
+        "name": model_name(manifest),
+        "model": model_name(manifest),
+        "modified_at": manifest.modified or None,
+        "size": manifest.size_bytes(),
+        "digest": digest(manifest),
+        "details": details(manifest),
+    }
+
+
+@router.get("/tags")
+async def tags(request: Request) -> dict[str, object]:
+    return {"models": [entry(m) for m in listed_models(state_of(request))]}
+
+
+@router.post("/show")
+async def show(request: Request) -> dict[str, object]:
+    body = await read_body(request, ModelRequest)
+    state = state_of(request)
+    manifest = state.manifest(body.ref)
+    config, defaults = load_config(manifest.folder)
+    sampler = {k: v for k, v in asdict(defaults).items() if k not in ("eos_token_ids", "pad_token_id")}
+    return {
+        "license": "",
+        "modelfile": "",
+        "template": "",
+        "parameters": "\n".join(f"{name} {value}" for name, value in sampler.items()),
+        "details": details(manifest),
+        "model_info": {
+            "general.architecture": "diffusion_gemma",
+            "general.parameter_count": parameter_counts(config)[0],
+            "diffusion_gemma.context_length": config.max_position_embeddings,
+            "diffusion_gemma.canvas_length": config.canvas_length,
+            **{f"dgemma.{label.replace(' ', '_')}": value for label, value in model_facts(manifest)},
+        },
+        "capabilities": ["completion", "thinking"],
+        "modified_at": manifest.modified or None,
+    }
+
+
+@router.get("/ps")
+async def ps(request: Request) -> dict[str, object]:
+    """The resident model, and (dgemma's extension) the queue and batching counters."""
+    snap = state_of(request).worker.snapshot()
+    models = []
+    if snap.manifest is not None:
+        manifest = snap.manifest
+        left = snap.expires_in
+        expires = NEVER if math.isinf(left) else datetime.now(timezone.utc) + timedelta(seconds=left)
+        size = manifest.size_bytes()
+        models.append(
+            entry(manifest)
+            | {
+                "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                "size_vram": size if snap.on_gpu else 0,
+                "context_length": load_config(manifest.folder)[0].max_position_embeddings,
+            }
+        )
+    counters = {k: v for k, v in asdict(snap).items() if k not in ("manifest", "expires_in", "on_gpu")}
+    return {"models": models, "dgemma": counters}
+
+
+@router.get("/version")
+async def version_info() -> dict[str, str]:
+    return {"version": version("dgemma")}
+
+
+# -- pull ------------------------------------------------------------------------------------------
+
+
+class PullStatus:
+    """`dgemma pull`'s events as Ollama's progress objects."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+
+    def __call__(self, event: pulling.Event) -> dict[str, object]:
+        if isinstance(event, pulling.Resolved):
+            return {"status": f"pulling {event.repo_id} at {event.commit[:12]} as '{event.ref}'"}
+        if isinstance(event, pulling.Note):
+            return {"status": event.text}
+        if isinstance(event, pulling.Planned):
+            return {"status": "pulling files", "total": event.total, "completed": event.present}
+        if isinstance(event, pulling.FileStarted):
+            self.sizes[event.path] = event.size
+            return self._file(event.path, event.offset)
+        if isinstance(event, pulling.FileProgress):
+            return self._file(event.path, event.done)
+        if isinstance(event, pulling.Verified):
+            return {"status": f"verified {event.files} files, {event.tensors} tensors"}
+        return {"status": "success"}
+
+    def _file(self, path: str, done: int) -> dict[str, object]:
+        return {"status": f"pulling {path}", "digest": path, "total": self.sizes.get(path, 0), "completed": done}
+
+
+@router.post("/pull")
+async def pull(request: Request) -> Response:
+    from .hub import target  # huggingface_hub loads only when a pull is asked for
+
+    body = await read_body(request, PullRequest)
+    if not body.ref:
+        raise BadRequest("no model given")
+    events = iterate_in_threadpool(pulling.pull_model(target(body.ref)))
+    status = PullStatus()
+    first = status(await anext(events))  # a pull that fails at once gets a status code
+
+    async def progress() -> AsyncIterator[dict]:
+        yield first
+        async for event in events:
+            yield status(event)
+
+    if body.stream:
+        return ndjson(progress())
+    outcome = first
+    async for event in events:
+        outcome = status(event)
+    return JSONResponse(outcome)

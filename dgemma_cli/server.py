@@ -1,0 +1,286 @@
+"""`dgemma serve`: the FastAPI app (Ollama's API under /api, OpenAI's under /v1) and what both share: which
+model a request names, handing a job to the model worker and following it, errors as each API shapes them,
+and NDJSON or server-sent-event streams. The routes live in ollama_api.py and openai_api.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dgemma_runtime import (
+    CanvasEvent,
+    DgemmaError,
+    Engine,
+    GenerationDefaults,
+    GenerationOptions,
+    OptionError,
+    StepEvent,
+    load_config,
+)
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from . import store
+from .api_schema import BadRequest, Render, keep_alive_seconds
+from .errors import UsageProblem
+from .worker import Disconnected, Item, Job, QueueFull, Started, Worker
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11435
+RETRY_AFTER_SECONDS = 2
+STATUS = (
+    (QueueFull, 503),
+    (store.ModelNotFound, 404),
+    ((BadRequest, OptionError, UsageProblem, store.StoreError), 400),
+)
+
+
+class ServeError(DgemmaError):
+    pass
+
+
+# -- shared state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeState:
+    worker: Worker
+    default_model: store.Manifest | None  # --model: requests may leave the model out
+    keep_alive: float  # seconds, for requests that do not say
+    _defaults: dict[Path, GenerationDefaults] = field(default_factory=dict)
+
+    def manifest(self, ref: str) -> store.Manifest:
+        """A stored model by name. A request never names a folder: only the operator's --model may be one."""
+        if not ref:
+            if self.default_model is None:
+                raise BadRequest("no model given: name one, or start the server with --model")
+            return self.default_model
+        if self.default_model is not None and ref in (self.default_model.ref, model_name(self.default_model)):
+            return self.default_model
+        if ref.startswith((".", "/", "~")):
+            raise store.ModelNotFound(ref)
+        return store.resolve(ref)
+
+    def defaults(self, manifest: store.Manifest) -> GenerationDefaults:
+        if manifest.folder not in self._defaults:
+            self._defaults[manifest.folder] = load_config(manifest.folder)[1]
+        return self._defaults[manifest.folder]
+
+    def job(
+        self,
+        ref: str,
+        keep_alive: float | str | None,
+        render: Render | None,
+        options: GenerationOptions,
+        frames: bool,
+    ) -> Job:
+        """A job for the named model. Its options are checked against the model's defaults here, so a bad value
+        is a 400 before anything waits."""
+        manifest = self.manifest(ref)
+        resolved = options.resolve(self.defaults(manifest)) if render is not None else None
+        seconds = keep_alive_seconds(keep_alive, self.keep_alive)
+        return Job(manifest, render, seconds, options, resolved, frames)
+
+    async def start(self, request: Request, job: Job) -> tuple[Started | None, AsyncIterator[Item]]:
+        """Queue the job and wait for it to begin: (how it started, the items that follow). Failures before the
+        first item (a model that will not load, a prompt that does not fit) raise here, so they get a status."""
+        self.worker.submit(job)
+        items = self._follow(job, request.is_disconnected)
+        return await anext(items, None), items  # type: ignore[return-value]
+
+    async def _follow(self, job: Job, disconnected: Callable) -> AsyncIterator[Item]:
+        complete = False
+        try:
+            async for item in job.items(disconnected):
+                yield item
+            complete = True
+        finally:
+            if not complete:  # the client left, or the response failed: stop generating for it
+                self.worker.cancel(job)
+
+
+def state_of(request: Request) -> ServeState:
+    return request.app.state.serve
+
+
+def listed_models(state: ServeState) -> list[store.Manifest]:
+    """The store's models, and the --model folder when it is not one of them."""
+    models = store.list_models()
+    default = state.default_model
+    if default is not None and all(m.folder != default.folder for m in models):
+        models.append(default)
+    return models
+
+
+def model_name(manifest: store.Manifest) -> str:
+    """Names as Ollama lists them: always with a tag."""
+    return f"{manifest.name}:{manifest.tag}"
+
+
+# -- what both APIs show ---------------------------------------------------------------------------
+
+
+class Transcript:
+    """Answer and thinking so far. Like `dgemma run`, each starts at its first non-space character."""
+
+    def __init__(self) -> None:
+        self.answer = self.thinking = ""
+
+    def add(self, event: CanvasEvent) -> tuple[str, str]:
+        text = event.text if self.answer else event.text.lstrip()
+        thinking = event.thinking if self.thinking else event.thinking.lstrip()
+        self.answer += text
+        self.thinking += thinking
+        return text, thinking
+
+
+def step_frame(event: StepEvent) -> dict[str, object]:
+    """A step for visualisers, as `dgemma run --frames` writes it; the batch row is the server's business."""
+    return {"type": "step", **{k: v for k, v in asdict(event).items() if k != "row"}}
+
+
+def status_of(exc: Exception) -> int:
+    return next((status for kinds, status in STATUS if isinstance(exc, kinds)), 500)
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def ollama_error(message: str) -> dict[str, object]:
+    return {"error": message}
+
+
+def openai_error(message: str, status: int) -> dict[str, object]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def error_response(request: Request, exc: Exception, status: int | None = None) -> Response:
+    status = status or status_of(exc)
+    message = str(exc) or type(exc).__name__
+    body = openai_error(message, status) if is_openai(request) else ollama_error(message)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _lines(chunks: AsyncIterator[dict], frame: Callable[[dict], str], error: Callable[[str], dict]):
+    try:
+        async for chunk in chunks:
+            yield frame(chunk)
+    except Disconnected:
+        return
+    except Exception as exc:  # the status line is long gone: the error becomes the stream's last object
+        yield frame(error(str(exc) or type(exc).__name__))
+
+
+def ndjson(chunks: AsyncIterator[dict]) -> StreamingResponse:
+    return StreamingResponse(
+        _lines(chunks, lambda c: json.dumps(c) + "\n", ollama_error), media_type="application/x-ndjson"
+    )
+
+
+def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        async for line in _lines(chunks, lambda c: f"data: {json.dumps(c)}\n\n", lambda m: openai_error(m, 500)):
+            yield line
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(state: ServeState) -> FastAPI:
+    from .ollama_api import router as ollama
+    from .openai_api import router as openai
+
+    app = FastAPI(title="dgemma", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serve = state
+    app.include_router(ollama)
+    app.include_router(openai)
+
+    @app.exception_handler(DgemmaError)
+    async def dgemma_error(request: Request, exc: DgemmaError) -> Response:
+        return error_response(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(request, Exception(exc.detail), exc.status_code)
+
+    @app.exception_handler(Disconnected)
+    async def disconnected(request: Request, exc: Disconnected) -> Response:
+        return Response(status_code=499)  # nobody reads it: the client has gone
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def root() -> Response:
+        return Response("dgemma is running", media_type="text/plain")
+
+    return app
+
+
+def address(host: str | None, port: int | None, env: str | None) -> tuple[str, int]:
+    """--host and --port, each falling back to DGEMMA_HOST (`host[:port]`, a scheme allowed), then the defaults."""
+    env_host, env_port = None, None
+    if env:
+        try:
+            parts = urlsplit(env if "://" in env else f"//{env}")
+            env_host, env_port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise UsageProblem(f"DGEMMA_HOST={env!r} is not host[:port] ({exc})") from None
+    return host or env_host or DEFAULT_HOST, port if port is not None else env_port or DEFAULT_PORT
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bound and listening before the server starts, so a busy port is one line, and --port 0 gets a free one."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+        sock.listen(2048)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(
+    host: str | None,
+    port: int | None,
+    model: str | None,
+    keep_alive: str,
+    max_queue: int,
+    max_batch: int,
+    loader: Callable[[store.Manifest], Engine],
+    announce: Callable[[str], None],
+) -> None:
+    """Run until interrupted. With a `model`, it is loaded before the server listens (and is the default)."""
+    import uvicorn
+
+    try:
+        idle = keep_alive_seconds(keep_alive, 0.0)
+    except BadRequest as exc:
+        raise UsageProblem(str(exc)) from None
+    host, port = address(host, port, os.environ.get("DGEMMA_HOST"))
+    sock = listen(host, port)
+    worker = Worker(loader, max_queue, max_batch)
+    default = store.resolve(model) if model else None
+    if default is not None:
+        worker.preload(default, idle)
+    worker.start()
+    app = create_app(ServeState(worker, default, idle))
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    announce(f"serving the Ollama API (/api) and the OpenAI API (/v1) on http://{shown}:{bound_port}")
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)).run(sockets=[sock])
+    finally:
+        worker.stop()
+        sock.close()
