@@ -95,13 +95,7 @@ class Reply:
                 yield self._said("", "") | self._done(item)
 
     async def whole(self, items: AsyncIterator[Item]) -> dict[str, object]:
-        finished = None
-        async for item in items:
-            if isinstance(item, CanvasEvent):
-                self.transcript.add(item)
-            elif isinstance(item, Finished):
-                finished = item
-        assert finished is not None, "the worker ends every generation with its statistics"
+        finished = await self.transcript.read_all(items)
         return self._said(self.transcript.answer, self.transcript.thinking) | self._done(finished)
 
 

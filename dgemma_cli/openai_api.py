@@ -75,13 +75,7 @@ class Reply:
                     yield self._object([], chunk=True) | {"usage": self._usage(item)}
 
     async def whole(self, items: AsyncIterator[Item]) -> dict[str, object]:
-        finished = None
-        async for item in items:
-            if isinstance(item, CanvasEvent):
-                self.transcript.add(item)
-            elif isinstance(item, Finished):
-                finished = item
-        assert finished is not None, "the worker ends every generation with its statistics"
+        finished = await self.transcript.read_all(items)
         choice = self._choice(self.transcript.answer, self.transcript.thinking, finished.finish_reason, chunk=False)
         return self._object([choice], chunk=False) | {"usage": self._usage(finished)}
 

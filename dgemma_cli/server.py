@@ -30,7 +30,7 @@ from starlette.requests import Request
 from . import store
 from .api_schema import BadRequest, Render, keep_alive_seconds
 from .errors import UsageProblem
-from .worker import Disconnected, Item, Job, QueueFull, Started, Worker
+from .worker import Disconnected, Finished, Item, Job, QueueFull, Started, Worker
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11435
 RETRY_AFTER_SECONDS = 2
@@ -138,6 +138,17 @@ class Transcript:
         self.answer += text
         self.thinking += thinking
         return text, thinking
+
+    async def read_all(self, items: AsyncIterator[Item]) -> Finished:
+        """Take a whole generation in; the worker ends every one with its statistics."""
+        finished = None
+        async for item in items:
+            if isinstance(item, CanvasEvent):
+                self.add(item)
+            elif isinstance(item, Finished):
+                finished = item
+        assert finished is not None, "the worker ends every generation with its statistics"
+        return finished
 
 
 def step_frame(event: StepEvent) -> dict[str, object]:

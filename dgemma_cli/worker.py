@@ -296,12 +296,13 @@ class Worker:
             job.put(Started(load_seconds))
         events = engine.stream([job.ids for job in batch], options=batch[0].options)
         error: Exception | None = None
+        finals: list[tuple[Job, Finished]] = []
         try:
             for event in events:
                 if isinstance(event, FinalEvent):
                     for job, ids in zip(batch, event.token_ids, strict=True):
                         reason = "stop" if ids and ids[-1] in engine.defaults.eos_token_ids else "length"
-                        job.put(Finished(event.stats, len(job.ids or ()), len(ids), reason))
+                        finals.append((job, Finished(event.stats, len(job.ids or ()), len(ids), reason)))
                     continue
                 job = batch[event.row]
                 if not job.cancelled and (job.frames or not isinstance(event, StepEvent)):
@@ -313,6 +314,8 @@ class Worker:
         finally:
             events.close()
         self._keep(batch[-1].keep_alive)
+        for job, finished in finals:  # after the keep-alive took effect: 'done' means the model is as asked
+            job.put(finished)
         self._end(batch, error)
 
     def _keep(self, keep_alive: float) -> None:
