@@ -205,9 +205,9 @@ class Engine:
         converged = torch.zeros(B, dtype=torch.bool, device=self.device)
         history = torch.full((opts.stability_threshold, B, L), -1, dtype=torch.long, device=self.device)
         forwards, steps = 0, 0
+        any_converged = False  # host copy of converged.any(), from the previous step's transfer
         for remaining in range(N, 0, -1):
             active = ~(converged | done)
-            forwards += int(active.sum())
             raw = self.model.decode(current, cache, prev_probs)
             clock.charge("decode")
             logits = raw / sampler.temperature(remaining, N, opts.t_min, opts.t_max)
@@ -218,7 +218,7 @@ class Engine:
             noise = sampler.draw_step_noise((B, L), V, generator)
             nxt = sampler.renoise(accepted, sampler.sample(probs, noise, accepted), noise)
             sc_probs = self._self_conditioning_probs(logits, probs)
-            if prev_probs is not None and bool(converged.any()):
+            if any_converged:
                 # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
                 frozen = converged[:, None]
                 new_argmax = torch.where(frozen, argmax, new_argmax)
@@ -235,7 +235,10 @@ class Engine:
             converged = converged | newly
             current, argmax, prev_probs = nxt, new_argmax, sc_probs
             steps += 1
+            # The one device-to-host transfer of the step: the events, the stop test and the forward count.
             host = [x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)]
+            forwards += sum(host[0])
+            any_converged = any(host[5])
             clock.charge("sample")
             for r in range(B):
                 if host[0][r]:
