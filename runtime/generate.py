@@ -93,8 +93,9 @@ class Engine:
         options: GenerationOptions | None = None,
         **overrides: object,
     ) -> Iterator[Event]:
-        """Generate from prompt ids (one list, or one list per row of equal length); see `GenerationOptions`
-        for the keyword options. With a `session`, only its pending canvas and these ids are encoded."""
+        """Generate from prompt ids (one list, or one list per row; shorter rows are left-padded); see
+        `GenerationOptions` for the keyword options. With a `session`, only its pending canvas and these ids are
+        encoded."""
         opts = (options or GenerationOptions()).merged(**overrides).resolve(self.defaults)
         rows = _as_rows(prompt_ids)
         if session is not None and len(rows) != 1:
