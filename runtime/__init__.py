@@ -17,6 +17,7 @@ from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .generate import Engine, GenerationResult, Session
 from .model import DiffusionGemma
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from .quantization import detect_scheme, install_quantized, quantize_at_load
 from .tokenizer import Message, TextStream, Tokenizer, render_chat, render_follow_up
 from .weights import load_state
 
@@ -81,17 +82,31 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load(
-    path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"
+    path: str | Path,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    quant: str | None = None,
+    quant_dense: bool = False,
 ) -> Engine:
-    """Load a Hugging Face-format DiffusionGemma folder: config.json, safetensors, optional tokenizer.json."""
+    """Load a Hugging Face-format DiffusionGemma folder: config.json, safetensors, optional tokenizer.json.
+
+    Quantized checkpoints (FP8, NVFP4) load as they are stored. `quant` ("fp8", "nvfp4", "int8", "nf4")
+    quantizes a full-precision checkpoint's experts while loading, and with `quant_dense` also attention and
+    the dense MLP.
+    """
     folder = Path(path)
     config, defaults = load_config(folder)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
-    state = load_state(folder, config, target, torch_dtype)  # validates names and shapes before reading
+    scheme = detect_scheme(folder)
+    if quant is not None and scheme is not None:
+        raise OptionError(f"--quant applies to full-precision checkpoints; this one is already {scheme.source}")
+    transform = quantize_at_load(quant, quant_dense) if quant is not None else None
+    # Validates names and shapes before reading anything.
+    state = load_state(folder, config, target, torch_dtype, transform)
     with torch.device("meta"):
         model = DiffusionGemma(config)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(install_quantized(model, state), strict=True, assign=True)
     for name, value in DiffusionGemma.rope_buffers(config).items():
         setattr(model, name, value.to(target))
     model.eval().requires_grad_(False)

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from dgemma_kernels import grouped_matmul, linear
 from torch import nn
 
 from .cache import KVCache, SequenceKV
@@ -42,14 +43,24 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+class Linear(nn.Linear):
+    """A bias-free projection whose weight may also be a quantized `dgemma_kernels` weight (installed at load)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
+
+
 class GatedMLP(nn.Module):
     """down(gelu(gate(x)) * up(x)): the dense branch of every layer and the self-conditioning MLP."""
 
     def __init__(self, hidden: int, inner: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, inner, bias=False)
-        self.up_proj = nn.Linear(hidden, inner, bias=False)
-        self.down_proj = nn.Linear(inner, hidden, bias=False)
+        self.gate_proj = Linear(hidden, inner)
+        self.up_proj = Linear(hidden, inner)
+        self.down_proj = Linear(inner, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(gelu(self.gate_proj(x)) * self.up_proj(x))
@@ -78,10 +89,10 @@ class Attention(nn.Module):
         H, D = config.hidden_size, spec.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, spec.num_kv_heads, D
         self.eps = config.rms_norm_eps
-        self.q_proj = nn.Linear(H, self.num_heads * D, bias=False)
-        self.k_proj = nn.Linear(H, self.num_kv_heads * D, bias=False)
-        self.v_proj = nn.Linear(H, self.num_kv_heads * D, bias=False) if spec.has_v_proj else None
-        self.o_proj = nn.Linear(self.num_heads * D, H, bias=False)
+        self.q_proj = Linear(H, self.num_heads * D)
+        self.k_proj = Linear(H, self.num_kv_heads * D)
+        self.v_proj = Linear(H, self.num_kv_heads * D) if spec.has_v_proj else None
+        self.o_proj = Linear(self.num_heads * D, H)
         self.q_norm = RMSNorm(D, config.rms_norm_eps)
         self.k_norm = RMSNorm(D, config.rms_norm_eps)
 
@@ -127,6 +138,7 @@ class Experts(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         E, H, Ie = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        # bf16 parameters, or quantized `dgemma_kernels` weights installed at load.
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * Ie, H))  # rows [:Ie] gate, [Ie:] up
         self.down_proj = nn.Parameter(torch.empty(E, H, Ie))
 
@@ -138,8 +150,8 @@ class Experts(nn.Module):
         order = torch.argsort(flat, stable=True)
         token = order // K
         offsets = torch.cumsum(torch.bincount(flat, minlength=self.gate_up_proj.shape[0]), 0).to(torch.int32)
-        gate, up = F.grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
-        y = F.grouped_mm(gelu(gate) * up, self.down_proj.transpose(1, 2), offs=offsets)
+        gate, up = grouped_matmul(x[token], self.gate_up_proj, offsets).chunk(2, dim=-1)
+        y = grouped_matmul(gelu(gate) * up, self.down_proj, offsets)
         y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference
         return torch.zeros_like(x).index_add_(0, token, y)
 

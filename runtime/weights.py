@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from dgemma_kernels import QuantizedWeight
 from safetensors import SafetensorError, safe_open
 
 from .config import TextConfig
 from .errors import CheckpointError
+from .quantization import (
+    StoredLinear,
+    TensorInfo,
+    build_linear,
+    concat_rows,
+    detect_scheme,
+    is_activation_scale,
+    stack_weights,
+    stored_linear,
+)
 
 DECODER = "model.decoder."
 ENCODER_LAYERS = "model.encoder.language_model.layers."
@@ -108,25 +121,26 @@ def _open(path: Path):
         raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
 
 
-def read_header(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """Tensor name -> (file, shape), from the headers only."""
-    found: dict[str, tuple[Path, tuple[int, ...]]] = {}
+def read_header(files: list[Path]) -> dict[str, TensorInfo]:
+    """Tensor name -> (file, shape, dtype), from the headers only."""
+    found: dict[str, TensorInfo] = {}
     for path in files:
         with _open(path) as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                found[name] = (path, tuple(handle.get_slice(name).get_shape()))
+                piece = handle.get_slice(name)
+                found[name] = TensorInfo(path, tuple(piece.get_shape()), piece.get_dtype())
     return found
 
 
-def validate(found: dict[str, tuple[Path, tuple[int, ...]]], expected: dict[str, tuple[int, ...]]) -> None:
+def validate(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]]) -> None:
     """One error listing every missing, unexpected and mis-shaped tensor."""
-    text = {n: v for n, v in found.items() if not n.startswith(SKIPPED_PREFIXES)}
+    text = {n: v for n, v in found.items() if not n.startswith(SKIPPED_PREFIXES) and not is_activation_scale(n)}
     missing = sorted(set(expected) - set(text))
     unexpected = sorted(set(text) - set(expected))
     misshaped = [
-        f"{n} {list(text[n][1])} (expected {list(shape)})"
+        f"{n} {list(text[n].shape)} (expected {list(shape)})"
         for n, shape in expected.items()
-        if n in text and text[n][1] != shape
+        if n in text and text[n].shape != shape
     ]
     problems = []
     for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
@@ -137,32 +151,103 @@ def validate(found: dict[str, tuple[Path, tuple[int, ...]]], expected: dict[str,
         raise CheckpointError("checkpoint does not match config.json: " + "; ".join(problems))
 
 
-def iter_tensors(
-    found: dict[str, tuple[Path, tuple[int, ...]]],
-    names: list[str],
+@dataclass
+class LoadPlan:
+    """What to read: plain tensors by name, and every linear/expert weight in the form the checkpoint stores."""
+
+    plain: dict[str, tuple[int, ...]]  # checkpoint name -> shape (norms, embeddings, router, scalars)
+    linears: dict[str, StoredLinear]  # module name -> how the weight is stored
+    experts: dict[str, list[list[StoredLinear]]]  # module name -> per expert, the pieces stacked into its rows
+
+    @property
+    def expected(self) -> dict[str, tuple[int, ...]]:
+        names = dict(self.plain)
+        for stored in self.linears.values():
+            names.update(stored.expected)
+        for pieces in self.experts.values():
+            for expert in pieces:
+                for stored in expert:
+                    names.update(stored.expected)
+        return names
+
+
+def plan_load(found: dict[str, TensorInfo], config: TextConfig) -> LoadPlan:
+    """Match the checkpoint's tensors to the model: bf16 fused experts, or quantized (or bf16) experts apart."""
+    plain = expected_shapes(config)
+    linears: dict[str, StoredLinear] = {}
+    experts: dict[str, list[list[StoredLinear]]] = {}
+    Ie, H = config.moe_intermediate_size, config.hidden_size
+    for name, shape in list(plain.items()):
+        if name.endswith("_proj.weight"):
+            linears[module_name(name)] = stored_linear(found, name.removesuffix(".weight"), *shape)
+            del plain[name]
+        elif ".experts." in name and name not in found:  # not fused: the per-expert tensors instead
+            base = name.rsplit(".", 1)[0]
+            projections = (
+                [("gate_proj", Ie, H), ("up_proj", Ie, H)] if name.endswith("gate_up_proj") else [("down_proj", H, Ie)]
+            )
+            experts[module_name(name)] = [
+                [stored_linear(found, f"{base}.{e}.{proj}", N, K) for proj, N, K in projections]
+                for e in range(config.num_experts)
+            ]
+            del plain[name]
+    return LoadPlan(plain, linears, experts)
+
+
+def _tensor_reader(found: dict[str, TensorInfo], device: torch.device) -> Callable[[str], torch.Tensor]:
+    """Memory-mapped reads of single tensors, placed straight on the target device (files opened once)."""
+    handles: dict[Path, Any] = {}
+
+    def read(name: str) -> torch.Tensor:
+        path = found[name].path
+        if path not in handles:
+            handles[path] = _open(path).__enter__()
+        try:
+            return handles[path].get_tensor(name).to(device)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path.name}: cannot read {name} ({exc})") from None
+
+    return read
+
+
+Transform = Callable[[str, torch.Tensor], "torch.Tensor | QuantizedWeight"]
+
+
+def load_state(
+    folder: Path,
+    config: TextConfig,
     device: torch.device,
     dtype: torch.dtype,
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Memory-mapped reads, converted one tensor at a time straight onto the target device and dtype."""
-    by_file: dict[Path, list[str]] = {}
-    for name in names:
-        by_file.setdefault(found[name][0], []).append(name)
-    for path, file_names in by_file.items():
-        with _open(path) as handle:
-            for name in file_names:
-                try:
-                    tensor = handle.get_tensor(name)
-                except (SafetensorError, OSError) as exc:
-                    raise CheckpointError(f"{path.name}: cannot read {name} ({exc})") from None
-                yield name, tensor.to(device=device, dtype=dtype)
+    transform: Transform | None = None,
+) -> dict[str, torch.Tensor | QuantizedWeight]:
+    """Validate the checkpoint against the config, then read it as `module name -> tensor or quantized weight`.
 
+    `transform(module_name, weight)` sees each full-precision linear or expert weight as it arrives (one at a
+    time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident.
+    """
+    folder = Path(folder)
+    found = read_header(shard_files(folder))
+    scheme = detect_scheme(folder)
+    plan = plan_load(found, config)
+    validate(found, plan.expected)
+    read = _tensor_reader(found, device)
+    keep = transform or (lambda _name, weight: weight)
 
-def load_state(folder: Path, config: TextConfig, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Validate the checkpoint against the config, then read it as `module name -> tensor`."""
-    found = read_header(shard_files(Path(folder)))
-    expected = expected_shapes(config)
-    validate(found, expected)
-    return {module_name(n): t for n, t in iter_tensors(found, list(expected), device, dtype)}
+    state: dict[str, torch.Tensor | QuantizedWeight] = {}
+    for name in plan.plain:
+        tensor = read(name).to(dtype)
+        state[module_name(name)] = keep(module_name(name), tensor) if ".experts." in name else tensor
+    for module, stored in plan.linears.items():
+        weight = build_linear(stored, read, scheme, dtype)
+        state[module] = keep(module, weight) if isinstance(weight, torch.Tensor) else weight
+    for module, pieces in plan.experts.items():
+        per_expert = []
+        for expert in pieces:
+            parts = [build_linear(stored, read, scheme, dtype) for stored in expert]
+            per_expert.append(parts[0] if len(parts) == 1 else concat_rows(*parts))
+        stacked = stack_weights(per_expert)
+        state[module] = keep(module, stacked) if isinstance(stacked, torch.Tensor) else stacked
+    return state
 
 
 def parameter_counts(config: TextConfig) -> tuple[int, int]:

@@ -1,0 +1,59 @@
+"""Matrix products over weights in any precision: the MoE's grouped product and the dense linear.
+
+On a CUDA tensor with Triton available, quantized weights go to the Triton kernel, which dequantizes inside
+its K loop; everywhere else (the CPU, tests) the reference dequantizes the weight and calls PyTorch.
+Triton is imported only when a CUDA tensor asks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .formats import QuantizedWeight
+
+Weight = torch.Tensor | QuantizedWeight
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(x: torch.Tensor, weight: Weight) -> bool:
+    return isinstance(weight, QuantizedWeight) and x.is_cuda and triton_available()
+
+
+def grouped_matmul_reference(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:
+    """x [M, K] rows sorted by expert, weight [E, N, K], offsets [E] cumulative row ends -> [M, N]."""
+    w = weight.dequantize(x.dtype) if isinstance(weight, QuantizedWeight) else weight
+    return F.grouped_mm(x, w.transpose(1, 2), offs=offsets)
+
+
+def grouped_matmul(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:
+    """Each expert e multiplies rows offsets[e-1]:offsets[e] of x by its weight: [M, K] -> [M, N]."""
+    if use_triton(x, weight):
+        from .triton_moe import grouped_matmul_triton
+
+        return grouped_matmul_triton(x, weight, offsets)
+    return grouped_matmul_reference(x, weight, offsets)
+
+
+def linear(x: torch.Tensor, weight: Weight) -> torch.Tensor:
+    """x [..., K] @ weight[N, K].T: a dense layer is the grouped product with one group."""
+    if not isinstance(weight, QuantizedWeight):
+        return F.linear(x, weight)
+    if not use_triton(x, weight):
+        return F.linear(x, weight.dequantize(x.dtype))
+    flat = x.reshape(-1, x.shape[-1])
+    offsets = torch.full((1,), flat.shape[0], dtype=torch.int32, device=x.device)
+    from .triton_moe import grouped_matmul_triton
+
+    out = grouped_matmul_triton(flat, weight, offsets)  # a 2-D weight is one expert
+    return out.reshape(*x.shape[:-1], out.shape[-1])
