@@ -98,17 +98,18 @@ class StoredLinear:
     K: int
     names: dict[str, str]  # role -> checkpoint tensor name
     expected: dict[str, tuple[int, ...]]  # checkpoint name -> shape it must have
-    group: int = 0  # FP8 scale group along K (K for per-tensor/per-channel, 128 for blocks)
+    scale_layout: str = ""  # FP8 only: "tensor", "row" or "block"
 
 
-def fp8_scale_group(shape: tuple[int, ...], N: int, K: int) -> int | None:
-    """The K group an FP8 scale of this shape implies, None if it fits no known form."""
-    numel = math.prod(shape)
-    if numel == 1 or shape in ((N,), (N, 1)):
-        return K
+def fp8_scale_layout(shape: tuple[int, ...], N: int, K: int) -> str | None:
+    """"tensor", "row" or "block" (128×128): which FP8 scale form a shape is, None if it fits none."""
+    if math.prod(shape) == 1:
+        return "tensor"
+    if shape in ((N,), (N, 1)):
+        return "row"
     blocks = (math.ceil(N / FP8_BLOCK), math.ceil(K / FP8_BLOCK))
     if shape in (blocks, (blocks[0], 1, blocks[1], 1)):  # ModelOpt FP8_PB_WO keeps singleton axes
-        return FP8_BLOCK
+        return "block"
     return None
 
 
@@ -124,11 +125,11 @@ def stored_linear(found: dict[str, TensorInfo], base: str, N: int, K: int) -> St
     if weight is not None and weight.dtype == "F8_E4M3":
         scale = "weight_scale_inv" if f"{base}.weight_scale_inv" in found else "weight_scale"
         info = found.get(f"{base}.{scale}")
-        group = fp8_scale_group(info.shape, N, K) if info else None
-        scale_shape = info.shape if group else (N, 1)  # a bad or missing scale is reported as per-channel
+        layout = fp8_scale_layout(info.shape, N, K) if info else None
+        scale_shape = info.shape if layout else (N, 1)  # a bad or missing scale is reported as per-channel
         expected = {f"{base}.weight": (N, K), f"{base}.{scale}": scale_shape}
         roles = {"q": f"{base}.weight", "scale": f"{base}.{scale}"}
-        return StoredLinear(base, "fp8", N, K, roles, expected, group or K)
+        return StoredLinear(base, "fp8", N, K, roles, expected, layout or "row")
     return StoredLinear(base, "plain", N, K, {"weight": f"{base}.weight"}, {f"{base}.weight": (N, K)})
 
 
@@ -156,12 +157,12 @@ def build_linear(
         return read(stored.names["weight"]).to(dtype)
     if stored.form == "fp8":
         scale = read(stored.names["scale"]).float()
-        if stored.group == K:
-            rows = scale.reshape(-1, 1).expand(N, 1) if scale.numel() == 1 else scale.reshape(N, 1)
-        else:
+        if stored.scale_layout == "block":  # one scale per 128 rows and 128 columns: repeat it down the rows
             blocks = scale.reshape(math.ceil(N / FP8_BLOCK), math.ceil(K / FP8_BLOCK))
-            rows = blocks.repeat_interleave(FP8_BLOCK, dim=0)[:N]
-        return Fp8Weight(read(stored.names["q"]), rows.contiguous(), stored.group)
+            rows, group = blocks.repeat_interleave(FP8_BLOCK, dim=0)[:N], FP8_BLOCK
+        else:
+            rows, group = scale.reshape(-1, 1).expand(N, 1), K
+        return Fp8Weight(read(stored.names["q"]), rows.contiguous(), group)
     block_scale = read(stored.names["block_scale"])
     if block_scale.dtype != torch.float8_e4m3fn:
         raise CheckpointError(f"{stored.names['block_scale']}: NVFP4 block scales must be F8_E4M3")
