@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dgemma_runtime import CheckpointError, DgemmaError, TextConfig, load_config
-from dgemma_runtime.weights import expected_shapes, read_header, shard_files, validate
+from dgemma_runtime.quantization import detect_scheme
+from dgemma_runtime.weights import plan_load, read_header, shard_files, validate
 from huggingface_hub import constants, hf_hub_url, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import build_hf_headers
@@ -86,7 +87,6 @@ class Verified:
     files: int
     tensors: int
     hashes: bool  # sizes and sha256 checked against the hub (not when offline)
-    shapes: bool  # tensors checked against config.json (not for quantized weights)
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ class _Download:
             if path in self.info.files:
                 yield from self._get(self.info.files[path])
         yield Resolved(self.goal.repo_id, self.info.commit, self.goal.ref)
-        load_config(self.snapshot)  # not a DiffusionGemma: stop before the weights
+        load_config(self.snapshot)  # not a DiffusionGemma, or a quantization we cannot run: stop before the weights
+        detect_scheme(self.snapshot)
         files = [f for p, f in sorted(self.info.files.items()) if wanted(p)] + self._weights()
         yield self._plan(files)
         for file in files:
@@ -231,25 +232,10 @@ def check_space(folder: Path, need: int) -> None:
 
 
 def _check_weights(folder: Path, config: TextConfig, files: int, hashes: bool) -> Verified:
-    """The headers of every shard parse, and (unquantized) the tensors are exactly those config.json implies."""
+    """The headers of every shard parse, and the tensors (quantized or not) are exactly those config.json implies."""
     found = read_header(shard_files(folder))
-    quantized = quantization(folder) != "none"
-    if not quantized:
-        validate(found, expected_shapes(config))
-    return Verified(files=files, tensors=len(found), hashes=hashes, shapes=not quantized)
-
-
-def quantization(folder: Path) -> str:
-    """What the quantization configs say (hf_quant_config.json, or config.json's quantization_config)."""
-    hf_quant = folder / "hf_quant_config.json"
-    declared = (
-        _json(hf_quant).get("quantization")
-        if hf_quant.exists()
-        else _json(folder / "config.json").get("quantization_config")
-    )
-    if not isinstance(declared, dict) or not declared:
-        return "none"
-    return str(declared.get("quant_algo") or declared.get("quant_method") or "unknown").lower()
+    validate(found, plan_load(found, config).expected)
+    return Verified(files=files, tensors=len(found), hashes=hashes)
 
 
 def _json(path: Path) -> dict:
@@ -260,6 +246,12 @@ def _json(path: Path) -> dict:
     if not isinstance(found, dict):
         raise CheckpointError(f"{path.name}: not a JSON object")
     return found
+
+
+def quantization(folder: Path) -> str:
+    """ "fp8" or "nvfp4" for a quantized checkpoint (the runtime's reading of its configs), else "none"."""
+    scheme = detect_scheme(folder)
+    return scheme.precision if scheme else "none"
 
 
 def _from_cache(goal: Target, cache: RepoCache, reason: str, advice: str) -> Iterator[Event]:
