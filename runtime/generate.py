@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from dgemma_kernels import QuantizedWeight
 
 from . import sampler
 from .cache import KVCache
@@ -67,6 +68,19 @@ class Engine:
         self.tokenizer = tokenizer
         weight = model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
+
+    def weight_memory(self) -> dict[str, int]:
+        """Bytes of weights by storage format ("bfloat16", "fp8", "nvfp4", ...), for `show` and `--verbose`."""
+        by_format: dict[str, int] = {}
+        quantized = [m for m in self.model.modules() if isinstance(m, QuantizedWeight)]
+        for weight in quantized:
+            by_format[weight.format_name] = by_format.get(weight.format_name, 0) + weight.nbytes
+        inside = {id(b) for weight in quantized for b in weight.buffers()}
+        for tensor in [*self.model.parameters(), *self.model.buffers()]:
+            if id(tensor) not in inside:
+                key = str(tensor.dtype).removeprefix("torch.")
+                by_format[key] = by_format.get(key, 0) + tensor.numel() * tensor.element_size()
+        return by_format
 
     # -- state ---------------------------------------------------------------------------------------------
 
