@@ -149,7 +149,10 @@ class Experts(nn.Module):
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
         token = order // K
-        offsets = torch.cumsum(torch.bincount(flat, minlength=self.gate_up_proj.shape[0]), 0).to(torch.int32)
+        # Counted by scatter, not bincount: bincount reads the max id back to the host, a sync on a GPU.
+        counts = torch.zeros(self.gate_up_proj.shape[0], dtype=torch.int32, device=x.device)
+        counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offsets = torch.cumsum(counts, 0, dtype=torch.int32)
         gate, up = grouped_matmul(x[token], self.gate_up_proj, offsets).chunk(2, dim=-1)
         y = grouped_matmul(gelu(gate) * up, self.down_proj, offsets)
         y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference

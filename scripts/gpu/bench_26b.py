@@ -1,0 +1,273 @@
+"""The released 26B configuration with random weights, built directly on one GPU: speed against the roofline.
+
+For bf16 experts, FP8 experts, NVFP4 experts and FP8 everywhere (experts, attention, dense MLP), at batch 1 and a
+fixed 16 denoising steps per 256-token canvas (early stopping off, EOS never matches): prefill tok/s, decoder-step
+latency (p50 over the timed steps, sampler included, as `dgemma run` pays it), the decoder forward alone replayed
+as a CUDA graph (the GPU's own time, without Python and launch gaps), and tok/s. The roofline is the bytes one step
+must stream — every weight once, all experts (≈16 tokens per expert: every expert is used), the embedding twice
+(self-conditioning and lm_head) — over a measured device-to-device copy bandwidth.
+
+    python3 scripts/gpu/bench_26b.py [--prompt 1024] [--canvases 3] [--variants bf16,fp8,nvfp4,fp8-all]
+
+Runs from a checkout without installing (the packages are linked into a temporary folder). One table, JSON under
+$OUT when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE = "cuda"
+CANVAS = 256
+STEPS = 16
+RELEASED_TEXT = {  # google/diffusiongemma-26B-A4B-it text_config (as in tests/test_weights.py)
+    "vocab_size": 262144,
+    "hidden_size": 2816,
+    "intermediate_size": 2112,
+    "moe_intermediate_size": 704,
+    "num_experts": 128,
+    "top_k_experts": 8,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "num_global_key_value_heads": 2,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
+    "sliding_window": 1024,
+    "max_position_embeddings": 262144,
+    "final_logit_softcapping": 30.0,
+    "rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+    },
+}
+
+
+def link_packages() -> None:
+    """Import the checkout's runtime/ and kernels/ under their installed names."""
+    folder = Path(tempfile.mkdtemp())
+    (folder / "dgemma_runtime").symlink_to(ROOT / "runtime")
+    (folder / "dgemma_kernels").symlink_to(ROOT / "kernels")
+    sys.path.insert(0, str(folder))
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(work, repeats: int = 10) -> float:
+    """Median wall time of `work()` after two warm-ups, synchronised on each side."""
+    times = []
+    for _ in range(repeats + 2):
+        sync()
+        began = time.perf_counter()
+        work()
+        sync()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times[2:])
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes read plus bytes written per second by a device-to-device copy."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=DEVICE).random_(0, 255)
+    dst = torch.empty_like(src)
+    return nbytes / median_seconds(lambda: dst.copy_(src))
+
+
+def targeted(name: str, dense: bool) -> bool:
+    """Experts always; with `dense` also attention and the dense MLP (as the all-linear FP8 checkpoints do)."""
+    return ".experts." in name or (dense and (".self_attn." in name or ".mlp." in name) and "norm" not in name)
+
+
+def build_model(config, make=None, dense: bool = False):
+    """The model on the GPU, weights ~N(0, 0.02), norms and scales 1 — no checkpoint involved. With `make`, the
+    targeted weights are made directly in that format, so the bf16 versions never exist."""
+    from dgemma_runtime import DiffusionGemma
+    from dgemma_runtime.quantization import install_quantized
+
+    with torch.device("meta"):
+        model = DiffusionGemma(config).to(torch.bfloat16)
+    for name, meta in list(model.named_parameters()):
+        if make is not None and meta.dim() >= 2 and targeted(name, dense):
+            install_quantized(model, {name: make(tuple(meta.shape))})
+            continue
+        weight = torch.empty(meta.shape, dtype=torch.bfloat16, device=DEVICE)
+        weight.normal_(0.0, 0.02) if meta.dim() >= 2 else weight.fill_(1.0)
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, torch.nn.Parameter(weight, requires_grad=False))
+    for name, value in DiffusionGemma.rope_buffers(config).items():
+        setattr(model, name, value.to(DEVICE))
+    return model.eval()
+
+
+def random_fp8(shape: tuple[int, ...]):
+    from dgemma_kernels import Fp8Weight
+
+    q = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16).mul_(64).to(torch.float8_e4m3fn)
+    scale = torch.full((*shape[:-1], 1), 0.02 / 64, device=DEVICE)
+    return Fp8Weight(q, scale, shape[-1])
+
+
+def random_nvfp4(shape: tuple[int, ...]):
+    from dgemma_kernels import Nvfp4Weight
+
+    *lead, K = shape
+    packed = torch.randint(0, 256, (*lead, K // 2), dtype=torch.uint8, device=DEVICE)
+    block = (torch.rand((*lead, K // 16), device=DEVICE) * 400 + 8).to(torch.float8_e4m3fn)
+    return Nvfp4Weight(packed, block, torch.full(lead, 0.02 / (6 * 448), device=DEVICE))
+
+
+def weight_bytes(model) -> tuple[int, int]:
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    embed = model.embed_tokens.weight
+    return total, embed.numel() * embed.element_size()
+
+
+def graph_decode_ms(engine, prompt_len: int) -> float | None:
+    """The decoder forward alone, captured once as a CUDA graph and replayed (GPU time without launch gaps)."""
+    from dgemma_runtime.cache import KVCache
+
+    if DEVICE != "cuda":
+        return None
+    try:
+        cache = KVCache(engine.config, 1, prompt_len, engine.device, engine.dtype)
+        with torch.inference_mode():
+            engine.model.encode(torch.randint(0, 100, (1, prompt_len), device="cuda"), cache)
+            canvas = torch.randint(0, 100, (1, CANVAS), device="cuda")
+            probs = torch.softmax(torch.randn(1, CANVAS, engine.config.vocab_size, device="cuda"), -1).bfloat16()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    engine.model.decode(canvas, cache, probs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                engine.model.decode(canvas, cache, probs)
+            times = []
+            for _ in range(10):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        del graph
+        return statistics.median(times)
+    except Exception as exc:  # report, don't stop the table: capture needs every op sync-free
+        print(f"  graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
+        return None
+
+
+def measure(engine, prompt_len: int, canvases: int) -> dict:
+    from dgemma_runtime import FinalEvent, StepEvent
+
+    prompt = torch.randint(
+        0, engine.config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
+    fixed = {"max_denoising_steps": STEPS, "confidence_threshold": 0.0, "seed": 0}
+    engine.generate(prompt, max_new_tokens=CANVAS, **fixed)  # warm-up: kernels compiled, allocator primed
+    sync()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step_times, last, stats = [], None, None
+    for event in engine.stream(prompt, max_new_tokens=CANVAS * canvases, **fixed):
+        now = time.perf_counter()
+        if isinstance(event, StepEvent):
+            if last is not None and event.step > 1:  # a canvas's first step also pays its encode
+                step_times.append(now - last)
+            last = now
+        elif isinstance(event, FinalEvent):
+            stats = event.stats
+    assert stats is not None
+    decode_total = stats.total_seconds - stats.prefill_seconds
+    return {
+        "prefill_tok_s": prompt_len / stats.prefill_seconds,
+        "step_ms_p50": 1e3 * statistics.median(step_times),
+        "forward_ms": 1e3 * stats.decode_seconds / stats.decoder_forwards,
+        "tok_s": stats.generated_tokens / decode_total,
+        "generated": stats.generated_tokens,
+        "steps_per_canvas": list(stats.steps_per_canvas),
+        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", type=int, default=1024)
+    parser.add_argument("--canvases", type=int, default=3)
+    parser.add_argument("--variants", default="bf16,fp8,nvfp4,fp8-all")
+    parser.add_argument("--dry-run-cpu", action="store_true", help="a small config on the CPU, to test this script")
+    args = parser.parse_args()
+    global DEVICE, CANVAS
+    if args.dry_run_cpu:
+        DEVICE, CANVAS = "cpu", 32
+        RELEASED_TEXT.update(vocab_size=4096, hidden_size=256, intermediate_size=256, moe_intermediate_size=64)
+        RELEASED_TEXT.update(num_experts=8, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
+        RELEASED_TEXT.update(head_dim=32, global_head_dim=64, num_attention_heads=4, num_key_value_heads=2)
+        args.prompt, args.canvases = 64, 2
+    link_packages()
+    from dgemma_runtime import Engine, GenerationDefaults
+    from dgemma_runtime.config import parse_config
+
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (dry run)"
+    bandwidth = copy_bandwidth(4 << 30 if DEVICE == "cuda" else 64 << 20)
+    print(f"{name}: device copy {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
+    config = parse_config({"model_type": "diffusion_gemma", "canvas_length": CANVAS, "text_config": RELEASED_TEXT})
+    defaults = GenerationDefaults(eos_token_ids=(-1,))  # random weights: never stop at an EOS
+    rows = []
+    model = None
+    for variant in args.variants.split(","):
+        began = time.perf_counter()
+        try:
+            del model
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+            maker = {"bf16": None, "nvfp4": random_nvfp4}.get(variant.split("-")[0], random_fp8)
+            model = build_model(config, maker, dense=variant.endswith("-all"))
+            total, embed = weight_bytes(model)
+            engine = Engine(model, config, defaults)
+            row = {"variant": variant, "weights_gb": total / 1e9, **measure(engine, args.prompt, args.canvases)}
+            row["graph_forward_ms"] = graph_decode_ms(engine, args.prompt)
+            row["roofline_ms"] = 1e3 * (total + embed) / bandwidth
+            row["roofline_tok_s"] = CANVAS / (STEPS * row["roofline_ms"] / 1e3)
+        except Exception as exc:
+            row = {"variant": variant, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            model = None
+        row["seconds"] = time.perf_counter() - began
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\n26B, batch 1, prompt {args.prompt}, {STEPS} steps per {CANVAS}-token canvas, {name}")
+    head = f"{'variant':9} {'GB':>6} {'prefill tok/s':>13} {'step ms':>8} {'fwd ms':>7} {'graph ms':>8}"
+    print(head + f" {'roofline ms':>11} {'step/roof':>9} {'tok/s':>7} {'roof tok/s':>10}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:9} error: {r['error']}")
+            continue
+        graph = f"{r['graph_forward_ms']:8.2f}" if r["graph_forward_ms"] else f"{'n/a':>8}"
+        print(
+            f"{r['variant']:9} {r['weights_gb']:6.1f} {r['prefill_tok_s']:13.0f} {r['step_ms_p50']:8.2f} "
+            f"{r['forward_ms']:7.2f} {graph} {r['roofline_ms']:11.2f} {r['step_ms_p50'] / r['roofline_ms']:9.2f} "
+            f"{r['tok_s']:7.0f} {r['roofline_tok_s']:10.0f}"
+        )
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "bench_26b.json").write_text(json.dumps({"bandwidth": bandwidth, "rows": rows}))
+    sys.exit(1 if any("error" in r for r in rows) else 0)
+
+
+if __name__ == "__main__":
+    main()
