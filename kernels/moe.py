@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .formats import QuantizedWeight
 
 Weight = torch.Tensor | QuantizedWeight
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # the public name is newer than the op
 
 
 @functools.cache
@@ -33,7 +34,10 @@ def use_triton(x: torch.Tensor, weight: Weight) -> bool:
 def grouped_matmul_reference(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:
     """x [M, K] rows sorted by expert, weight [E, N, K], offsets [E] cumulative row ends -> [M, N]."""
     w = weight.dequantize(x.dtype) if isinstance(weight, QuantizedWeight) else weight
-    return F.grouped_mm(x, w.transpose(1, 2), offs=offsets)
+    if torch.is_autocast_enabled(x.device.type):  # autocast does not know grouped_mm: apply its rule ourselves
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w = x.to(dtype), w.to(dtype)
+    return _grouped_mm(x, w.transpose(1, 2), offs=offsets)
 
 
 def grouped_matmul(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:

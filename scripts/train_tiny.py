@@ -138,10 +138,11 @@ def batches(buckets: dict, batch_size: int, rng: random.Random) -> Iterator[tupl
 
 def corrupt(canvas: torch.Tensor, vocab: int, generator: torch.Generator, rate: float | None = None) -> torch.Tensor:
     """Uniform-state noise: each token replaced by a uniform random id, at `rate` or a per-example rate in [0, 1)."""
+    device = generator.device
     if rate is None:
-        rate = torch.rand(canvas.shape[0], 1, generator=generator)
-    noisy = torch.rand(canvas.shape, generator=generator) < rate
-    return torch.where(noisy, torch.randint(0, vocab, canvas.shape, generator=generator), canvas)
+        rate = torch.rand(canvas.shape[0], 1, generator=generator, device=device)
+    noisy = torch.rand(canvas.shape, generator=generator, device=device) < rate
+    return torch.where(noisy, torch.randint(0, vocab, canvas.shape, generator=generator, device=device), canvas)
 
 
 def canvas_logits(model: DiffusionGemma, prefix: torch.Tensor, noisy: torch.Tensor, sc: torch.Tensor | None):
@@ -156,7 +157,7 @@ def loss_on(model: DiffusionGemma, prefix, canvas, generator, self_condition: bo
     if self_condition:
         with torch.no_grad():
             first = canvas_logits(model, prefix, noisy, None)
-        temperature = 0.4 + 0.4 * torch.rand((), generator=generator).item()  # the sampler's range
+        temperature = 0.4 + 0.4 * torch.rand((), generator=generator, device=generator.device).item()  # sampler's range
         sc = torch.softmax(first.float() / temperature, dim=-1)
     logits = canvas_logits(model, prefix, noisy, sc)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), canvas.reshape(-1))
@@ -188,13 +189,13 @@ def checkpoint_tensors(model: DiffusionGemma) -> dict[str, torch.Tensor]:
 
 
 def save_state(work: Path, model, optimizer, step: int, seconds: float) -> None:
-    tensors = {f"model.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
+    tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(value):
-                    tensors[f"optim.{names[id(p)]}.{key}"] = value.contiguous()
+                    tensors[f"optim.{names[id(p)]}.{key}"] = value.cpu().contiguous()
     tmp = work / "state.safetensors.tmp"
     save_file(tensors, tmp)
     tmp.replace(work / "state.safetensors")
@@ -213,14 +214,14 @@ def restore_state(work: Path, model, optimizer) -> tuple[int, float]:
             p.copy_(tensors[f"model.{name}"])
     for name, p in params.items():
         state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{name}.")}
-        if state:
-            optimizer.state[p] = state
+        if state:  # AdamW keeps its step counter on the CPU, the moments beside the parameter
+            optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
     return meta["step"], meta["seconds"]
 
 
 def export(model: DiffusionGemma, out: Path, vocab_size: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in checkpoint_tensors(model).items()}
+    tensors = {k: v.to(torch.bfloat16).cpu().contiguous() for k, v in checkpoint_tensors(model).items()}
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(model_config(vocab_size), indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
@@ -250,6 +251,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on either)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-every", type=int, default=50)
     args = parser.parse_args()
@@ -267,6 +269,8 @@ def main() -> None:
     config = parse_config(model_config(vocab_size))
     model = DiffusionGemma(config)
     init_weights(model, args.seed)
+    device = torch.device(args.device)
+    model.to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -277,7 +281,7 @@ def main() -> None:
     step, spent = restore_state(args.work, model, optimizer)
     # Data order and noise follow from (seed, step): a run resumed at step s continues deterministically.
     rng = random.Random(args.seed * 1_000_003 + step)
-    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
     budget = args.minutes * 60
     print(
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {vocab_size}, "
@@ -293,8 +297,8 @@ def main() -> None:
         lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        prefix, canvas = next(stream)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        prefix, canvas = (t.to(device) for t in next(stream))
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = loss_on(model, prefix, canvas, gen, self_condition=step % 2 == 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
