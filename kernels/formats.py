@@ -48,6 +48,14 @@ class QuantizedWeight(nn.Module):
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """Follow device moves but never dtype casts: `model.to(torch.bfloat16)` must not turn codes and scales
+        into bf16 values. The target device is read off `fn` applied to an empty slice."""
+        for name, buffer in self._buffers.items():
+            if buffer is not None:
+                self._buffers[name] = buffer.to(fn(buffer[:0]).device)
+        return self
+
     def extra_repr(self) -> str:
         return f"{self.format_name}, shape={list(self.shape)}"
 
@@ -117,11 +125,10 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 def round_to_e2m1(x: torch.Tensor) -> torch.Tensor:
     """Codes of the nearest E2M1 values to x (|x| <= 6 expected), ties to the even code as the hardware does."""
-    magnitudes = torch.tensor(E2M1_VALUES, device=x.device)
-    distance = (x.abs().unsqueeze(-1) - magnitudes).abs()
-    # Ties (e.g. 2.5 between 2 and 3) pick the lower code with an even mantissa bit: argmin over a nudged distance.
-    odd = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1], device=x.device, dtype=distance.dtype)
-    code = torch.argmin(distance + odd * 1e-6, dim=-1).to(torch.uint8)
+    midpoints = torch.tensor((0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0), device=x.device, dtype=x.dtype)
+    lower = torch.bucketize(x.abs(), midpoints)  # a value on a midpoint goes to the lower code here...
+    upper = torch.bucketize(x.abs(), midpoints, right=True)  # ...and to the upper one here: keep the even one
+    code = torch.where(lower % 2 == 0, lower, upper).to(torch.uint8)
     return code | ((x < 0).to(torch.uint8) << 3)
 
 

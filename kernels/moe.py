@@ -12,7 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .formats import QuantizedWeight
+from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
 
 Weight = torch.Tensor | QuantizedWeight
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # the public name is newer than the op
@@ -28,7 +28,8 @@ def triton_available() -> bool:
 
 
 def use_triton(x: torch.Tensor, weight: Weight) -> bool:
-    return isinstance(weight, QuantizedWeight) and x.is_cuda and triton_available()
+    # The Triton kernel reads FP8 and NVFP4; the bitsandbytes formats go through their own dequantization.
+    return isinstance(weight, Fp8Weight | Nvfp4Weight) and x.is_cuda and triton_available()
 
 
 def grouped_matmul_reference(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:
