@@ -67,6 +67,10 @@ def accept(token_entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
 def sample(probs: torch.Tensor, noise: StepNoise, keep: torch.Tensor) -> torch.Tensor:
     """Draws from probs [B, L, V] at the positions in `keep` [B, L]; elsewhere 0 (never used)."""
     B, L, V = probs.shape
+    if noise.draws.dtype == torch.float32:
+        # On an accelerator the Exp(1) noise already exists for every position: sampling all of them costs less
+        # than `nonzero`, which would stop the host until the GPU catches up.
+        return torch.where(keep, (probs / noise.draws.view(B, L, V)).argmax(dim=-1), 0)
     rows = keep.reshape(-1).nonzero().squeeze(1)
     picked = (probs.view(-1, V)[rows] / noise.exponential(rows)).argmax(dim=-1)
     return torch.zeros(B * L, dtype=torch.long, device=probs.device).index_copy_(0, rows, picked).view(B, L)
