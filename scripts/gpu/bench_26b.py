@@ -16,6 +16,7 @@ $OUT when set.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -204,6 +205,20 @@ def measure(engine, prompt_len: int, canvases: int) -> dict:
     }
 
 
+def run_variant(variant: str, config, defaults, args, bandwidth: float) -> dict:
+    from dgemma_runtime import Engine
+
+    maker = {"bf16": None, "nvfp4": random_nvfp4}.get(variant.split("-")[0], random_fp8)
+    model = build_model(config, maker, dense=variant.endswith("-all"))
+    total, embed = weight_bytes(model)
+    engine = Engine(model, config, defaults)
+    row = {"weights_gb": total / 1e9, **measure(engine, args.prompt, args.canvases)}
+    row["graph_forward_ms"] = graph_decode_ms(engine, args.prompt)
+    row["roofline_ms"] = 1e3 * (total + embed) / bandwidth
+    row["roofline_tok_s"] = CANVAS / (STEPS * row["roofline_ms"] / 1e3)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", type=int, default=1024)
@@ -219,7 +234,7 @@ def main() -> None:
         RELEASED_TEXT.update(head_dim=32, global_head_dim=64, num_attention_heads=4, num_key_value_heads=2)
         args.prompt, args.canvases = 64, 2
     link_packages()
-    from dgemma_runtime import Engine, GenerationDefaults
+    from dgemma_runtime import GenerationDefaults
     from dgemma_runtime.config import parse_config
 
     torch.manual_seed(0)
@@ -229,24 +244,15 @@ def main() -> None:
     config = parse_config({"model_type": "diffusion_gemma", "canvas_length": CANVAS, "text_config": RELEASED_TEXT})
     defaults = GenerationDefaults(eos_token_ids=(-1,))  # random weights: never stop at an EOS
     rows = []
-    model = None
     for variant in args.variants.split(","):
         began = time.perf_counter()
         try:
-            del model
-            if DEVICE == "cuda":
-                torch.cuda.empty_cache()
-            maker = {"bf16": None, "nvfp4": random_nvfp4}.get(variant.split("-")[0], random_fp8)
-            model = build_model(config, maker, dense=variant.endswith("-all"))
-            total, embed = weight_bytes(model)
-            engine = Engine(model, config, defaults)
-            row = {"variant": variant, "weights_gb": total / 1e9, **measure(engine, args.prompt, args.canvases)}
-            row["graph_forward_ms"] = graph_decode_ms(engine, args.prompt)
-            row["roofline_ms"] = 1e3 * (total + embed) / bandwidth
-            row["roofline_tok_s"] = CANVAS / (STEPS * row["roofline_ms"] / 1e3)
+            row = {"variant": variant, **run_variant(variant, config, defaults, args, bandwidth)}
         except Exception as exc:
             row = {"variant": variant, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-            model = None
+        gc.collect()  # the variant's model is garbage now: free it before the next one is built
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
         row["seconds"] = time.perf_counter() - began
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -1,0 +1,265 @@
+"""The grouped product as one Triton kernel family that dequantizes weights inside its K loop.
+
+Structure of vLLM's fused_moe: a program computes one (M-tile, N-tile) of the output; every M-tile lies inside
+one expert's rows, so it streams that expert's weight tile, decodes it in registers and feeds `tl.dot` (fp32
+accumulator). FP8 and NVFP4 bytes are decoded with integer bit arithmetic, never fp8 pointers or casts, so the
+same code runs in the Triton interpreter on the CPU.
+
+Decoded tiles are exact in bf16/fp16 (an e4m3 value, or an E2M1 value times an e4m3 block scale, has at most six
+significant bits), so every fp32 factor that does not fit that (FP8 scales, the NVFP4 global scale) is applied
+to the fp32 accumulator instead: the kernel rounds less than dequantize-then-matmul.
+
+The launcher never reads device values on the host, so the decoder step can be captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
+
+PLAIN = tl.constexpr(0)
+FP8 = tl.constexpr(1)
+NVFP4 = tl.constexpr(2)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+class Operands(NamedTuple):
+    """A weight as the kernel sees it: 3-D buffers (expert, row, ...) and the format's constants."""
+
+    format: int
+    w: torch.Tensor  # PLAIN [E, N, K] any float; FP8 uint8 [E, N, K]; NVFP4 uint8 [E, N, K/2]
+    scale: torch.Tensor  # FP8 fp32 [E, N, ceil(K/group)]; NVFP4 e4m3 bytes [E, N, K/16]; PLAIN unused
+    global_scale: torch.Tensor  # NVFP4 fp32 [E, N]; otherwise unused
+    group: int  # block-scaled FP8: the scale group along K; 0 for one scale per row, and for other formats
+    num_experts: int
+    N: int
+    K: int
+
+
+def weight_operands(weight: torch.Tensor | QuantizedWeight) -> Operands:
+    """A 2-D weight ([N, K], no expert dim) is one expert."""
+    if isinstance(weight, Fp8Weight):
+        q, scale = weight.q.view(torch.uint8), weight.scale
+        if q.dim() == 2:
+            q, scale = q.unsqueeze(0), scale.unsqueeze(0)
+        E, N, K = q.shape
+        group = weight.group if weight.group < K else 0
+        return Operands(FP8.value, q.contiguous(), scale.contiguous(), scale, group, E, N, K)
+    if isinstance(weight, Nvfp4Weight):
+        packed, block_scale, global_scale = weight.packed, weight.block_scale.view(torch.uint8), weight.global_scale
+        if packed.dim() == 2:
+            packed, block_scale, global_scale = packed.unsqueeze(0), block_scale.unsqueeze(0), global_scale.unsqueeze(0)
+        E, N, half_k = packed.shape
+        operands = (packed.contiguous(), block_scale.contiguous(), global_scale.contiguous())
+        return Operands(NVFP4.value, *operands, 0, E, N, 2 * half_k)
+    if isinstance(weight, QuantizedWeight):
+        raise TypeError(f"no Triton kernel for {weight.format_name} weights")
+    w = weight.unsqueeze(0) if weight.dim() == 2 else weight
+    E, N, K = w.shape
+    return Operands(PLAIN.value, w.contiguous(), w, w, 0, E, N, K)
+
+
+def pick_config(M: int, ops: Operands) -> TileConfig:
+    """A hand-picked table (autotuning breaks CUDA-graph capture and the interpreter).
+
+    BLOCK_M follows the mean rows per expert: ~16 in a denoising step (256 tokens × top-8 over 128 experts),
+    more in prefill and dense layers. BLOCK_N grows to 128 only when the grid still has several waves of programs
+    for a 132-SM H100. BLOCK_K is 128 when it divides K, else 64 (704 = 11·64); masks handle any K.
+    """
+    rows = triton.cdiv(M, ops.num_experts)
+    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    m_tiles = triton.cdiv(M, block_m) + ops.num_experts
+    block_n = 128 if m_tiles * triton.cdiv(ops.N, 128) >= 512 else 64
+    block_k = 128 if ops.K % 128 == 0 else 64
+    if ops.group:
+        block_k = fp8_block_k(block_k, ops.group)
+    num_warps = 8 if block_m * block_n >= 64 * 128 else 4
+    return TileConfig(block_m, block_n, block_k, num_warps)
+
+
+def fp8_block_k(block_k: int, group: int) -> int:
+    """Block-scaled FP8 takes one scale per K-tile, so BLOCK_K must divide the group."""
+    while group % block_k:
+        block_k //= 2
+    if block_k < 16:
+        raise ValueError(f"FP8 scale group {group} is not a multiple of 16")
+    return block_k
+
+
+def tile_experts(offsets: torch.Tensor, block_m: int, max_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """On the device: each expert's cumulative M-tile count, and the expert of every tile (E for surplus tiles)."""
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    tile_ends = torch.cumsum(torch.div(counts + block_m - 1, block_m, rounding_mode="floor"), 0)
+    tiles = torch.arange(max_tiles, device=offsets.device, dtype=tile_ends.dtype)
+    return tile_ends, torch.searchsorted(tile_ends, tiles, right=True)
+
+
+def grouped_matmul_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor | QuantizedWeight,
+    offsets: torch.Tensor,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """x [M, K] rows sorted by expert, weight [E, N, K] (or [N, K]), offsets [E] cumulative row ends -> [M, N].
+
+    Rows past offsets[-1] are left unwritten, as in `F.grouped_mm`.
+    """
+    ops = weight_operands(weight)
+    M = x.shape[0]
+    if x.shape[1] != ops.K or offsets.shape != (ops.num_experts,):
+        raise ValueError(f"x {list(x.shape)} and offsets {list(offsets.shape)} do not fit a weight {weight.shape}")
+    out = torch.empty(M, ops.N, dtype=x.dtype, device=x.device)
+    if M == 0:
+        return out
+    config = config or pick_config(M, ops)
+    if ops.group % config.block_k:
+        raise ValueError(f"BLOCK_K {config.block_k} does not divide the FP8 scale group {ops.group}")
+    # Each expert may leave one partial tile, so ceil(M / BLOCK_M) + E tiles always suffice.
+    max_tiles = triton.cdiv(M, config.block_m) + ops.num_experts
+    tile_ends, tile_expert = tile_experts(offsets, config.block_m, max_tiles)
+    grid = (max_tiles, triton.cdiv(ops.N, config.block_n))
+    _grouped_matmul_kernel[grid](
+        x.contiguous(),
+        ops.w,
+        ops.scale,
+        ops.global_scale,
+        out,
+        offsets,
+        tile_ends,
+        tile_expert,
+        ops.num_experts,
+        ops.N,
+        ops.K,
+        ops.w.stride(0),
+        ops.w.stride(1),
+        ops.scale.stride(0),
+        ops.scale.stride(1),
+        FORMAT=ops.format,
+        GROUP=ops.group,
+        DOT_FP32=x.device.type == "cpu",
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return out
+
+
+# -- kernel ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def e4m3_to_f16(byte):
+    """float8_e4m3fn bytes -> the same values in fp16, exactly (NaN bytes 0x7F/0xFF never occur in weights).
+
+    Sign, exponent and mantissa shift into fp16's fields. fp16's exponent bias is 8 larger and its subnormals line
+    up with e4m3's, so every value, subnormals included, comes out 2^-8 times too small.
+    """
+    b = byte.to(tl.uint16)
+    return (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.float16, bitcast=True) * 256.0
+
+
+@triton.jit
+def e2m1_to_f16(code):
+    """4-bit E2M1 codes (bit 3 the sign) -> fp16 [0, .5, 1, 1.5, 2, 3, 4, 6] and negatives, the same way (2^-14)."""
+    c = code.to(tl.uint16)
+    return (((c & 0x8) << 12) | ((c & 0x7) << 9)).to(tl.float16, bitcast=True) * 16384.0
+
+
+@triton.jit
+def _load_nvfp4_tile(w_rows, s_rows, col_ok, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K] fp16 E2M1 values times their e4m3 block scales (the global scale is left out)."""
+    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(w_rows + j[None, :], mask=col_ok[:, None] & (j[None, :] < K // 2), other=0)
+    codes = tl.interleave(packed & 0xF, packed >> 4)  # element 2j is the low nibble of byte j
+    g = k0 // 16 + tl.arange(0, BLOCK_K // 16)  # one e4m3 scale per 16 elements
+    scale_bytes = tl.load(s_rows + g[None, :], mask=col_ok[:, None] & (g[None, :] < K // 16), other=0)
+    values = tl.reshape(e2m1_to_f16(codes), (BLOCK_N, BLOCK_K // 16, 16))
+    # At most 2 · 4 significant bits, between 2^-10 and 6 · 448: exact in fp16 (and in bf16).
+    return tl.reshape(values * e4m3_to_f16(scale_bytes)[:, :, None], (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _grouped_matmul_kernel(
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    global_scale_ptr,
+    out_ptr,
+    offsets_ptr,
+    tile_ends_ptr,
+    tile_expert_ptr,
+    num_experts,
+    N,
+    K,
+    stride_we,
+    stride_wn,
+    stride_se,
+    stride_sn,
+    FORMAT: tl.constexpr,
+    GROUP: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(tile_expert_ptr + pid_m)
+    if expert >= num_experts:  # the grid is a static upper bound on the tile count
+        return
+    row_end = tl.load(offsets_ptr + expert)
+    row_begin = tl.load(offsets_ptr + expert - 1, mask=expert > 0, other=0)
+    first_tile = tl.load(tile_ends_ptr + expert) - tl.cdiv(row_end - row_begin, BLOCK_M)
+    rows = row_begin + (pid_m - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < row_end
+    col_ok = cols < N
+    ks = tl.arange(0, BLOCK_K)
+
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
+    w_rows = w_ptr + expert.to(tl.int64) * stride_we + cols[:, None] * stride_wn
+    s_rows = scale_ptr + expert.to(tl.int64) * stride_se + cols * stride_sn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + ks
+        a = tl.load(x_rows + k[None, :], mask=row_ok[:, None] & (k[None, :] < K), other=0.0)
+        if DOT_FP32:  # CPU tensors mean the interpreter, whose tl.dot multiplies bf16 bit patterns as integers
+            a = a.to(tl.float32)
+        w_mask = col_ok[:, None] & (k[None, :] < K)
+        if FORMAT == PLAIN:
+            w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0)
+        elif FORMAT == FP8:
+            w = e4m3_to_f16(tl.load(w_rows + k[None, :], mask=w_mask, other=0))
+        else:
+            w = _load_nvfp4_tile(w_rows, s_rows[:, None], col_ok, k0, K, BLOCK_N, BLOCK_K)
+        b = tl.trans(w.to(a.dtype))
+        if FORMAT == FP8 and GROUP > 0:
+            # The tile lies inside one scale group (BLOCK_K divides GROUP): one fp32 scale per output column.
+            s = tl.load(s_rows + k0 // GROUP, mask=col_ok, other=0.0)
+            acc += tl.dot(a, b) * s[None, :]
+        else:
+            acc = tl.dot(a, b, acc)
+
+    if FORMAT == FP8 and GROUP == 0:
+        acc *= tl.load(s_rows, mask=col_ok, other=0.0)[None, :]
+    if FORMAT == NVFP4:
+        acc *= tl.load(global_scale_ptr + expert.to(tl.int64) * N + cols, mask=col_ok, other=0.0)[None, :]
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
