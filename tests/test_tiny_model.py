@@ -54,8 +54,8 @@ def test_denoising_loss_on_held_out_stories(engine, corpus):
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), canvas.reshape(-1), reduction="sum").item()
             count += canvas.numel()
     loss = total / count
-    # The shipped model measures 0.302 (an untrained one ln(2688) = 7.9); the bound leaves room for a retrain.
-    assert loss < 0.40, f"held-out denoising loss at 50% corruption is {loss:.3f}"
+    # The shipped model measures 0.126 (an untrained one ln(2688) = 7.9); the bound leaves room for a retrain.
+    assert loss < 0.20, f"held-out denoising loss at 50% corruption is {loss:.3f}"
 
 
 def test_answers_to_held_out_prompts_are_made_of_corpus_words(engine, corpus):
@@ -73,3 +73,15 @@ def test_answers_to_held_out_prompts_are_made_of_corpus_words(engine, corpus):
         known += sum(w in vocabulary for w in found)
     assert words > 100
     assert known / words >= 0.95, f"only {known}/{words} words are corpus words"
+
+
+def test_answers_stay_on_the_topic_asked_for(engine, corpus):
+    """"...about a red kite." -> the story is about a kite: the request's last word appears in the answer."""
+    prompts = [r["prompt"] for r in corpus.generate_stories(60, HELD_OUT_SEED) if r["prompt"]][:20]
+    on_topic = 0
+    for seed, prompt in enumerate(prompts):
+        ids = engine.tokenizer.chat([Message("user", prompt)])
+        text = engine.tokenizer.decode(engine.generate(ids, seed=seed, max_new_tokens=256).token_ids)
+        on_topic += prompt.rstrip(".!?").split()[-1].lower() in text.lower()
+    # The shipped model: 17 of 20 (the model before it, trained for 2 h on the CPU: 14 of 20).
+    assert on_topic >= 15, f"only {on_topic} of {len(prompts)} answers mention what was asked for"
