@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from dgemma_runtime import Engine, GenerationOptions, Message, load
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from . import store
 from .errors import UsageProblem, run_guarded
-from .facts import human, model_facts
+from .facts import human, loaded_facts, model_facts
 from .views import FramesView, JsonView, LiveView, PlainView, consume, print_stats
 
 app = typer.Typer(
@@ -37,6 +38,26 @@ Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (same seed
 MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", help="Answer length limit (whole canvases).", min=1)]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
+Precision = Literal["fp8", "nvfp4", "int8", "nf4"]  # the runtime's QUANTIZE_AT_LOAD; Typer refuses others (exit 2)
+Quant = Annotated[
+    Precision | None,
+    typer.Option("--quant", help="Quantize a bf16 checkpoint's experts while loading (int8, nf4: the bnb extra)."),
+]
+QuantDense = Annotated[bool, typer.Option("--quant-dense", help="With --quant: attention and the dense MLP too.")]
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How run, bench and serve load a model: --device, --dtype, --quant, --quant-dense."""
+
+    device: str
+    dtype: str
+    quant: Precision | None
+    quant_dense: bool
+
+    def __post_init__(self) -> None:
+        if self.quant_dense and self.quant is None:
+            raise UsageProblem("--quant-dense needs --quant (fp8, nvfp4, int8 or nf4)")
 
 
 def generation_options(
@@ -57,10 +78,10 @@ def generation_options(
     )
 
 
-def load_model(ref: str, device: str, dtype: str) -> tuple[store.Manifest, Engine, float]:
+def load_model(ref: str, settings: LoadSettings) -> tuple[store.Manifest, Engine, float]:
     manifest = store.resolve(ref)
     started = time.perf_counter()
-    engine = load(manifest.folder, device=device, dtype=dtype)
+    engine = load(manifest.folder, settings.device, settings.dtype, settings.quant, settings.quant_dense)
     if engine.tokenizer is None:
         raise UsageProblem(f"model '{ref}' has no tokenizer.json, so it cannot take text prompts")
     return manifest, engine, time.perf_counter() - started
@@ -90,19 +111,24 @@ def run(
     no_view: Annotated[bool, typer.Option("--no-view", help="Plain text instead of the live canvas.")] = False,
     output_format: Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")] = None,
     frames: Annotated[bool, typer.Option("--frames", help="NDJSON, one object per denoising step.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Timing and diffusion statistics.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Timing, diffusion statistics, quantization and memory.")
+    ] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    quant: Quant = None,
+    quant_dense: QuantDense = False,
 ) -> None:
     """Answer a prompt, or chat when no prompt is given."""
     if output_format not in (None, "json"):
         raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+    settings = LoadSettings(device, dtype, quant, quant_dense)
     options = generation_options(steps, t_max, t_min, entropy_bound, seed, max_new_tokens)
     text = read_prompt(prompt)
     interactive = not text and sys.stdin.isatty()
     if not text and not interactive:
         raise UsageProblem("no prompt: pass one after the model name or pipe it on stdin")
-    manifest, engine, load_seconds = load_model(model, device, dtype)
+    manifest, engine, load_seconds = load_model(model, settings)
     options.merged().resolve(engine.defaults)  # bad values fail before any work
     if interactive:
         from .chat import Chat
@@ -125,7 +151,7 @@ def run(
     consume(engine.stream(ids, options=options), view)
     stats = view.finish()
     if verbose and stats is not None:
-        print_stats(stats, load_seconds)
+        print_stats(stats, load_seconds, loaded_facts(engine, manifest.folder))
 
 
 @app.command("list")
@@ -188,6 +214,8 @@ def bench_command(
     output_format: Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    quant: Quant = None,
+    quant_dense: QuantDense = False,
 ) -> None:
     """Honest speed: effective and in-step tok/s, tokens per forward, steps per canvas, latency, memory."""
     from .bench import DEFAULT_PROMPTS, bench, render
@@ -197,7 +225,7 @@ def bench_command(
     texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()] if prompts else []
     if prompts and not texts:
         raise UsageProblem(f"{prompts} holds no prompts")
-    manifest, engine, _ = load_model(model, device, dtype)
+    manifest, engine, _ = load_model(model, LoadSettings(device, dtype, quant, quant_dense))
     options = generation_options(steps, None, None, None, seed, max_new_tokens)
     options.resolve(engine.defaults)
     if max_new_tokens is not None and max_new_tokens < engine.config.canvas_length:
@@ -205,7 +233,7 @@ def bench_command(
             f"[yellow]warning:[/yellow] --max-new-tokens {max_new_tokens} is shorter than a canvas "
             f"({engine.config.canvas_length} tokens); each run still denoises a whole canvas"
         )
-    report = bench(engine, manifest.ref, texts or list(DEFAULT_PROMPTS), runs, options, fixed_steps)
+    report = bench(engine, manifest, texts or list(DEFAULT_PROMPTS), runs, options, fixed_steps)
     if output_format == "json":
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
     else:
@@ -230,10 +258,13 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Requests sharing one decoder forward.", min=1)] = 8,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    quant: Quant = None,
+    quant_dense: QuantDense = False,
 ) -> None:
     """Serve the Ollama API (/api) and the OpenAI API (/v1) over HTTP, batching concurrent requests."""
     from .server import serve as run_server
 
+    settings = LoadSettings(device, dtype, quant, quant_dense)
     run_server(
         host,
         port,
@@ -241,7 +272,7 @@ def serve(
         keep_alive,
         max_queue,
         max_batch,
-        loader=lambda manifest: load_model(manifest.path, device, dtype)[1],
+        loader=lambda manifest: load_model(manifest.path, settings)[1],
         announce=Console(stderr=True, highlight=False).print,
     )
 

@@ -14,6 +14,9 @@ from dgemma_runtime import CanvasEvent, Engine, FinalEvent, GenerationOptions, G
 from rich.console import Console
 from rich.table import Table
 
+from .facts import quantization, weight_breakdown
+from .store import Manifest
+
 DEFAULT_PROMPTS = (
     "Tell me a story about a brave little boat.",
     "Explain why the sky is blue in three sentences.",
@@ -44,6 +47,8 @@ class BenchReport:
     model: str
     device: str
     dtype: str
+    quantization: str
+    weight_bytes: dict[str, int]  # by storage format, as the engine holds them
     runs: list[RunResult] = field(default_factory=list)
     peak_gpu_bytes: int = 0
     peak_process_bytes: int = 0
@@ -57,6 +62,8 @@ class BenchReport:
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
+            "quantization": self.quantization,
+            "weight_bytes": self.weight_bytes,
             "runs": [asdict(r) for r in self.runs],
             "median": self.medians(),
             "peak_gpu_bytes": self.peak_gpu_bytes,
@@ -106,7 +113,7 @@ def timed_run(engine: Engine, ids: list[int], options: GenerationOptions) -> Run
 
 
 def bench(
-    engine: Engine, model: str, prompts: list[str], runs: int, options: GenerationOptions, fixed_steps: bool
+    engine: Engine, model: Manifest, prompts: list[str], runs: int, options: GenerationOptions, fixed_steps: bool
 ) -> BenchReport:
     """A warm-up, then `runs` timed generations cycling through the prompts."""
     if fixed_steps:
@@ -116,7 +123,14 @@ def bench(
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     timed_run(engine, encoded[0], options)  # warm-up: allocator, kernels, caches
-    report = BenchReport(model=model, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."))
+    weights = engine.weight_memory()
+    report = BenchReport(
+        model=model.ref,
+        device=str(engine.device),
+        dtype=str(engine.dtype).removeprefix("torch."),
+        quantization=quantization(model.folder, weights),
+        weight_bytes=weights,
+    )
     for i in range(runs):
         report.runs.append(timed_run(engine, encoded[i % len(encoded)], options))
     if engine.device.type == "cuda":
@@ -151,6 +165,8 @@ def render(report: BenchReport, console: Console) -> None:
         values = [report.medians()[name], *(getattr(r, name) for r in report.runs)]
         table.add_row(label, *(form.format(v * scale) for v in values))
     console.print(table)
+    console.print(f"quantization: {report.quantization}")
+    console.print(f"weights: {weight_breakdown(report.weight_bytes)}")
     memory = f"peak memory: process {report.peak_process_bytes / 1e6:.0f} MB"
     if report.peak_gpu_bytes:
         memory += f", GPU {report.peak_gpu_bytes / 1e6:.0f} MB"

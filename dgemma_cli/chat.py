@@ -24,7 +24,7 @@ from prompt_toolkit.history import FileHistory, InMemoryHistory
 from rich.console import Console
 
 from . import store
-from .facts import model_facts
+from .facts import loaded_facts, model_facts
 from .views import LiveView, PlainView, consume, print_stats
 
 CONTEXT = 8192
@@ -110,7 +110,7 @@ class Chat:
         stats = view.finish()
         self.history += [Message("user", text), Message("model", view.answer)]
         if self.verbose and stats is not None:
-            print_stats(stats, 0.0)
+            print_stats(stats, 0.0, loaded_facts(self.engine, self.manifest.folder))
 
     def restart(self) -> None:
         """Drop the cache; the history is re-encoded, under the new settings, on the next turn."""

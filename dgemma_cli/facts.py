@@ -1,15 +1,35 @@
-"""What `dgemma show` reports about a model: read from its folder, computed by the runtime's own rules."""
+"""What `dgemma show` reports about a model, read from its folder and computed by the runtime's own rules; and
+what `run --verbose` adds about the model it loaded (its quantization and weight memory)."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
-from dgemma_runtime import load_config
+from dgemma_runtime import Engine, load_config
 from dgemma_runtime.cache import cache_bytes, step_workspace_bytes
-from dgemma_runtime.weights import parameter_counts
+from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, detect_scheme, is_activation_scale
+from dgemma_runtime.weights import SKIPPED_PREFIXES, parameter_counts, read_header, shard_files
 
 from .store import Manifest
 
 DEFAULT_CONTEXT = 8192
+SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+}
+QUANTIZED_TAGS = ("U8", "F8_E4M3")  # NVFP4 packs two values a byte; every FP8 dialect dgemma loads is E4M3
 
 
 def human(size: float) -> str:
@@ -36,13 +56,66 @@ def gpu_line(needed: int) -> str:
     return f"{torch.cuda.get_device_name()}: {human(free)} free of {human(total)}, {verdict}"
 
 
+def _module(tensor_name: str) -> str:
+    return tensor_name.rsplit(".", 1)[0]
+
+
+def stored_weights(folder: Path) -> dict[str, int]:
+    """Bytes of the weights a load reads, by storage format, from the safetensors headers alone (nothing is
+    loaded): a quantized weight's scales count with it, under the checkpoint's precision; the rest by dtype."""
+    found = {
+        name: info
+        for name, info in read_header(shard_files(folder)).items()
+        if not name.startswith(SKIPPED_PREFIXES) and not is_activation_scale(name)
+    }
+    scheme = detect_scheme(folder)
+    # `x.weight_scale` (and the like) belongs to module `x`, which is quantized when its weight is.
+    quantized = {_module(name) for name, info in found.items() if info.dtype in QUANTIZED_TAGS} if scheme else set()
+    by_format: dict[str, int] = {}
+    for name, info in found.items():
+        dtype = SAFETENSORS_DTYPES[info.dtype]
+        key = scheme.precision if scheme and _module(name) in quantized else str(dtype).removeprefix("torch.")
+        by_format[key] = by_format.get(key, 0) + math.prod(info.shape) * dtype.itemsize
+    return by_format
+
+
+def quantization(folder: Path, weights: dict[str, int]) -> str:
+    """The checkpoint's own quantization, or the one applied while loading (`weights` holds its format), or
+    none: then the dtype that holds most of the weights."""
+    scheme = detect_scheme(folder)
+    if scheme is not None:
+        return f"{scheme.precision} ({scheme.source})"
+    applied = [name for name in weights if name in QUANTIZE_AT_LOAD]
+    if applied:
+        return f"{' + '.join(applied)} (quantized while loading)"
+    return f"none ({max(weights, key=weights.__getitem__)})"
+
+
+def weight_breakdown(weights: dict[str, int]) -> str:
+    """'8.9 MB (7.1 MB bfloat16 + 1.8 MB nvfp4)', largest first."""
+    parts = sorted(weights.items(), key=lambda part: -part[1])
+    if len(parts) == 1:
+        return f"{human(parts[0][1])} {parts[0][0]}"
+    return f"{human(sum(weights.values()))} (" + " + ".join(f"{human(size)} {name}" for name, size in parts) + ")"
+
+
+def loaded_facts(engine: Engine, folder: Path) -> list[tuple[str, str]]:
+    """What `run --verbose` adds to the statistics: the quantization in use and the memory the model takes."""
+    weights = engine.weight_memory()
+    facts = [("quantization", quantization(folder, weights)), ("weights", weight_breakdown(weights))]
+    if engine.device.type == "cuda":
+        facts.append(("peak GPU memory", human(torch.cuda.max_memory_allocated(engine.device))))
+    return facts
+
+
 def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
+    """What `show` prints: from the folder's configs and safetensors headers, without loading the weights."""
     config, defaults = load_config(manifest.folder)
     total, active = parameter_counts(config)
-    weights = manifest.size_bytes()
+    stored = stored_weights(manifest.folder)
     context = min(DEFAULT_CONTEXT, config.max_position_embeddings)
     dtype = torch.bfloat16
-    needed = weights + cache_bytes(config, 1, context, dtype) + step_workspace_bytes(config, 1)
+    needed = sum(stored.values()) + cache_bytes(config, 1, context, dtype) + step_workspace_bytes(config, 1)
     folder = manifest.folder
     has_template = (folder / "chat_template.jinja").exists() or (folder / "tokenizer.json").exists()
     return [
@@ -50,7 +123,7 @@ def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
         ("source", manifest.source + (f" @ {manifest.revision}" if manifest.revision else "")),
         ("parameters", f"{count(total)} total, {count(active)} active per token"),
         ("experts", f"{config.num_experts}, {config.top_k_experts} per token"),
-        ("quantization", manifest.quantization),
+        ("quantization", quantization(manifest.folder, stored)),
         ("context length", str(config.max_position_embeddings)),
         ("canvas length", str(config.canvas_length)),
         (
@@ -59,6 +132,6 @@ def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
             f"entropy bound {defaults.entropy_bound}, confidence {defaults.confidence_threshold}",
         ),
         ("chat template", "yes (Gemma 4 turns)" if has_template else "no"),
-        ("weights", human(weights)),
+        ("weights", weight_breakdown(stored)),
         ("memory needed", f"{human(needed)} at a {context}-token context ({gpu_line(needed)})"),
     ]

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 import unicodedata
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import asdict
 from typing import IO, Protocol
 
@@ -290,8 +290,14 @@ class LiveView:
         return self.stats
 
 
-def print_stats(stats: GenerationStats, load_seconds: float, err: IO[str] = sys.stderr) -> None:
-    """Ollama-style statistics, plus what only a diffusion model has: forwards and tokens per forward."""
+def print_stats(
+    stats: GenerationStats,
+    load_seconds: float,
+    facts: Sequence[tuple[str, str]] = (),
+    err: IO[str] = sys.stderr,
+) -> None:
+    """Ollama-style statistics, plus what only a diffusion model has: forwards and tokens per forward; then
+    `facts`, (label, value) rows about the loaded model."""
     rows = [
         ("total duration", f"{stats.total_seconds + load_seconds:.3f}s"),
         ("load duration", f"{load_seconds:.3f}s"),
@@ -304,6 +310,7 @@ def print_stats(stats: GenerationStats, load_seconds: float, err: IO[str] = sys.
         ("decoder forwards", str(stats.decoder_forwards)),
         ("steps per canvas", ", ".join(map(str, stats.steps_per_canvas))),
         ("tokens per forward", f"{stats.tokens_per_forward:.2f}"),
+        *facts,
     ]
     for label, value in rows:
         err.write(f"{label + ':':22s}{value}\n")

@@ -102,7 +102,7 @@ class StoredLinear:
 
 
 def fp8_scale_layout(shape: tuple[int, ...], N: int, K: int) -> str | None:
-    """"tensor", "row" or "block" (128×128): which FP8 scale form a shape is, None if it fits none."""
+    """ "tensor", "row" or "block" (128×128): which FP8 scale form a shape is, None if it fits none."""
     if math.prod(shape) == 1:
         return "tensor"
     if shape in ((N,), (N, 1)):

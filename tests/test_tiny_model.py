@@ -76,7 +76,7 @@ def test_answers_to_held_out_prompts_are_made_of_corpus_words(engine, corpus):
 
 
 def test_answers_stay_on_the_topic_asked_for(engine, corpus):
-    """"...about a red kite." -> the story is about a kite: the request's last word appears in the answer."""
+    """ "...about a red kite." -> the story is about a kite: the request's last word appears in the answer."""
     prompts = [r["prompt"] for r in corpus.generate_stories(60, HELD_OUT_SEED) if r["prompt"]][:20]
     on_topic = 0
     for seed, prompt in enumerate(prompts):

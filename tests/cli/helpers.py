@@ -79,6 +79,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: i
     return lines[0].removeprefix("dgemma: error: ")
 
 
+def facts(shown: str) -> dict[str, str]:
+    """`dgemma show`'s two-column table as {label: value}."""
+    return dict(re.findall(r"^(\S+(?: \S+)*?) {2,}(.+?)\s*$", shown, flags=re.MULTILINE))
+
+
 def plain(text: str) -> str:
     """Terminal output without its escape sequences."""
     return ANSI.sub("", text)

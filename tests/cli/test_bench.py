@@ -27,6 +27,11 @@ def test_every_run_reports_consistent_rates(report):
     assert report["peak_process_bytes"] > 0 and report["device"] == "cpu"
 
 
+def test_the_report_states_quantization_and_weight_memory(report):
+    assert report["quantization"] == "none (float32)"
+    assert set(report["weight_bytes"]) == {"float32"} and report["weight_bytes"]["float32"] > 0
+
+
 def test_fixed_steps_runs_every_step(model, shared_env):
     result = ok(
         dgemma(

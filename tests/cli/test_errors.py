@@ -32,6 +32,8 @@ CASES = [
     ("truncated-weights", truncate_weights, ["run", "{model}", PROMPT, *FAST], None, ["model.safetensors"]),
     ("not-diffusion-gemma", claim_llama, ["run", "{model}", PROMPT, *FAST], None, ["'llama'"]),
     ("no-prompt", None, ["run", "{model}"], None, ["no prompt"]),
+    ("unknown-quant", None, ["run", "{model}", PROMPT, "--quant", "int3"], 2, ["--quant", "'int3'", "nvfp4"]),
+    ("quant-dense-alone", None, ["run", "{model}", PROMPT, "--quant-dense"], 2, ["--quant-dense needs --quant"]),
     ("rm-path-escape", None, ["rm", "../x"], None, ["invalid model name '../x'"]),
     ("rm-bad-name", None, ["rm", "A:b/c"], None, ["invalid model name 'A:b/c'"]),
     ("rm-builtin", None, ["rm", "dgemma-tiny"], None, ["built into dgemma"]),

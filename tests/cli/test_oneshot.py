@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -96,3 +97,5 @@ def test_verbose_puts_the_statistics_on_stderr(oneshot, as_json):
     stats = as_json["stats"]  # the same seed: the same counts
     assert f"decoder forwards:     {stats['decoder_forwards']}\n" in result.stderr
     assert f"tokens per forward:   {stats['tokens_per_forward']:.2f}\n" in result.stderr
+    assert "quantization:         none (float32)\n" in result.stderr
+    assert re.search(r"^weights: +[\d.]+ [KMG]B float32$", result.stderr, flags=re.MULTILINE), result.stderr

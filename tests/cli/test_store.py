@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dgemma_cli import store
-from tests.cli.helpers import FAST, PROMPT, assert_one_line_error, dgemma, dgemma_env, needs_builtin, ok
+from tests.cli.helpers import FAST, PROMPT, assert_one_line_error, dgemma, dgemma_env, facts, needs_builtin, ok
 
 NOT_FOUND = "model 'mine' not found — see 'dgemma list', or 'dgemma pull mine'"
 
@@ -36,7 +36,7 @@ def shown(stored_env) -> dict[str, str]:
     """`dgemma show mine`, as {label: value}."""
     result = ok(dgemma(stored_env, "show", "mine"))
     assert result.stderr == ""
-    return dict(re.findall(r"^(\S+(?: \S+)*?) {2,}(.+?)\s*$", result.stdout, flags=re.MULTILINE))
+    return facts(result.stdout)
 
 
 @pytest.fixture
@@ -57,6 +57,8 @@ def test_show_describes_a_stored_model(shown, canvas):
     assert shown["context length"] == "1024"
     assert re.match(r"[\d.]+ [KMGT]?B at a \d+-token context", shown["memory needed"]), shown["memory needed"]
     assert shown["source"] == "local"
+    assert shown["quantization"] == "none (float32)"  # the test checkpoint is stored in float32
+    assert re.fullmatch(r"[\d.]+ [KMGT]?B float32", shown["weights"]), shown["weights"]
 
 
 def test_show_never_says_a_model_has_no_parameters(shown):
