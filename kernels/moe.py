@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
+from .scaled_mm import fp8_linear_scaled_mm, scaled_mm_supported
 
 Weight = torch.Tensor | QuantizedWeight
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # the public name is newer than the op
@@ -54,6 +55,10 @@ def linear(x: torch.Tensor, weight: Weight) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T: a dense layer is the grouped product with one group."""
     if not isinstance(weight, QuantizedWeight):
         return F.linear(x, weight)
+    if isinstance(weight, Fp8Weight) and weight.group >= weight.shape[-1] and scaled_mm_supported(x.device):
+        # FP8 × FP8 on FP8 tensor cores: 63 µs against the W8A16 Triton kernel's 140 µs for a 256-token canvas
+        # through a 4224×2816 layer (H200, scripts/gpu/check_kernels.py).
+        return fp8_linear_scaled_mm(x, weight)
     if not use_triton(x, weight):
         return F.linear(x, weight.dequantize(x.dtype))
     flat = x.reshape(-1, x.shape[-1])

@@ -6,6 +6,8 @@ per-channel weight is used as stored. The product runs in FP8 with both scales a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .formats import FP8_MAX, Fp8Weight
@@ -14,7 +16,12 @@ from .formats import FP8_MAX, Fp8Weight
 def scaled_mm_supported(device: torch.device | str) -> bool:
     """FP8 `_scaled_mm` needs CUDA compute capability 8.9 (Ada) or newer."""
     device = torch.device(device)
-    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cuda" and _capability(device.index) >= (8, 9)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index) if torch.cuda.is_available() else (0, 0)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

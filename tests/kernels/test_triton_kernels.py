@@ -129,7 +129,7 @@ def test_tile_map() -> None:
 
 def test_block_sizes_follow_rows_per_expert() -> None:
     moe_decode = weight_operands(torch.empty(128, 1408, 2816, dtype=torch.bfloat16, device="meta"))
-    assert pick_config(2048, moe_decode).block_m == 16
+    assert pick_config(2048, moe_decode).block_m == 32
     assert pick_config(16384, moe_decode).block_m == 64
     down = weight_operands(torch.empty(128, 2816, 704, dtype=torch.bfloat16, device="meta"))
     assert pick_config(2048, down).block_k == 64

@@ -1,0 +1,35 @@
+"""Which path `linear` takes for a quantized dense weight (the GPU-only branches are steered on the CPU)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from dgemma_kernels import linear, moe, quantize_fp8
+
+
+def test_per_channel_fp8_goes_to_scaled_mm_where_supported(monkeypatch):
+    calls = []
+    real = moe.fp8_linear_scaled_mm
+
+    def spy(x, weight):
+        calls.append(weight.shape)
+        return real(x, weight)
+
+    monkeypatch.setattr(moe, "scaled_mm_supported", lambda device: True)
+    monkeypatch.setattr(moe, "fp8_linear_scaled_mm", spy)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 5, 64, generator=g), torch.randn(48, 64, generator=g)
+    weight = quantize_fp8(w)
+    out = linear(x, weight)
+    assert calls == [torch.Size([48, 64])] and out.shape == (3, 5, 48)
+    expected = F.linear(x, weight.dequantize(torch.float32))
+    # Activations are quantized to FP8 too (W8A8): a few percent off the W8A16 result, not more.
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05
+
+
+def test_block_scaled_fp8_never_goes_to_scaled_mm(monkeypatch):
+    monkeypatch.setattr(moe, "scaled_mm_supported", lambda device: True)
+    monkeypatch.setattr(moe, "fp8_linear_scaled_mm", lambda x, weight: (_ for _ in ()).throw(AssertionError))
+    x, w = torch.randn(4, 256), torch.randn(32, 256)
+    weight = quantize_fp8(w, group=128)
+    torch.testing.assert_close(linear(x, weight), F.linear(x, weight.dequantize(torch.float32)))
