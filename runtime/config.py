@@ -16,6 +16,32 @@ from .errors import CheckpointError, UnsupportedModelError
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 
+# The text_config of google/diffusiongemma-26B-A4B-it as released (§1.2): the layout tests and the GPU benchmark
+# build this model without its checkpoint.
+RELEASED_TEXT_CONFIG: dict[str, Any] = {
+    "vocab_size": 262144,
+    "hidden_size": 2816,
+    "intermediate_size": 2112,
+    "moe_intermediate_size": 704,
+    "num_experts": 128,
+    "top_k_experts": 8,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "num_global_key_value_heads": 2,
+    "layer_types": ([SLIDING] * 5 + [FULL]) * 5,
+    "sliding_window": 1024,
+    "max_position_embeddings": 262144,
+    "final_logit_softcapping": 30.0,
+    "use_bidirectional_attention": "vision",
+    "rope_parameters": {
+        SLIDING: {"rope_type": "default", "rope_theta": 10000.0},
+        FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+    },
+}
+
 
 @dataclass(frozen=True)
 class RopeSpec:

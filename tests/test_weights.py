@@ -7,41 +7,14 @@ import json
 import dgemma_runtime
 import pytest
 import torch
-from dgemma_runtime.config import parse_config
+from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
 from dgemma_runtime.errors import CheckpointError, UnsupportedModelError
 from dgemma_runtime.weights import SKIPPED_PREFIXES, expected_shapes
 from safetensors.torch import load_file, save_file
 
 from tests.checkpoints import TINY_VISION, TinySpec, write_checkpoint
 
-# The released text_config of google/diffusiongemma-26B-A4B-it (§1.2).
-RELEASED_TEXT = {
-    "vocab_size": 262144,
-    "hidden_size": 2816,
-    "intermediate_size": 2112,
-    "moe_intermediate_size": 704,
-    "num_experts": 128,
-    "top_k_experts": 8,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 256,
-    "global_head_dim": 512,
-    "num_global_key_value_heads": 2,
-    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
-    "sliding_window": 1024,
-    "max_position_embeddings": 262144,
-    "final_logit_softcapping": 30.0,
-    "use_bidirectional_attention": "vision",
-    "rope_parameters": {
-        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-        "full_attention": {
-            "rope_type": "proportional",
-            "partial_rotary_factor": 0.25,
-            "rope_theta": 1000000.0,
-        },
-    },
-}
+RELEASED_TEXT = RELEASED_TEXT_CONFIG
 
 
 def test_released_26b_layout_matches_what_transformers_saves():

@@ -31,28 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda"
 CANVAS = 256
 STEPS = 16
-RELEASED_TEXT = {  # google/diffusiongemma-26B-A4B-it text_config (as in tests/test_weights.py)
-    "vocab_size": 262144,
-    "hidden_size": 2816,
-    "intermediate_size": 2112,
-    "moe_intermediate_size": 704,
-    "num_experts": 128,
-    "top_k_experts": 8,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 256,
-    "global_head_dim": 512,
-    "num_global_key_value_heads": 2,
-    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
-    "sliding_window": 1024,
-    "max_position_embeddings": 262144,
-    "final_logit_softcapping": 30.0,
-    "rope_parameters": {
-        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
-    },
-}
 
 
 def link_packages() -> None:
@@ -227,21 +205,23 @@ def main() -> None:
     parser.add_argument("--dry-run-cpu", action="store_true", help="a small config on the CPU, to test this script")
     args = parser.parse_args()
     global DEVICE, CANVAS
-    if args.dry_run_cpu:
-        DEVICE, CANVAS = "cpu", 32
-        RELEASED_TEXT.update(vocab_size=4096, hidden_size=256, intermediate_size=256, moe_intermediate_size=64)
-        RELEASED_TEXT.update(num_experts=8, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
-        RELEASED_TEXT.update(head_dim=32, global_head_dim=64, num_attention_heads=4, num_key_value_heads=2)
-        args.prompt, args.canvases = 64, 2
     link_packages()
     from dgemma_runtime import GenerationDefaults
-    from dgemma_runtime.config import parse_config
+    from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
+
+    text = dict(RELEASED_TEXT_CONFIG)
+    if args.dry_run_cpu:
+        DEVICE, CANVAS = "cpu", 32
+        text.update(vocab_size=4096, hidden_size=256, intermediate_size=256, moe_intermediate_size=64)
+        text.update(num_experts=8, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
+        text.update(head_dim=32, global_head_dim=64, num_attention_heads=4, num_key_value_heads=2)
+        args.prompt, args.canvases = 64, 2
 
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (dry run)"
     bandwidth = copy_bandwidth(4 << 30 if DEVICE == "cuda" else 64 << 20)
     print(f"{name}: device copy {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
-    config = parse_config({"model_type": "diffusion_gemma", "canvas_length": CANVAS, "text_config": RELEASED_TEXT})
+    config = parse_config({"model_type": "diffusion_gemma", "canvas_length": CANVAS, "text_config": text})
     defaults = GenerationDefaults(eos_token_ids=(-1,))  # random weights: never stop at an EOS
     rows = []
     for variant in args.variants.split(","):
