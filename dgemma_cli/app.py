@@ -44,16 +44,20 @@ Quant = Annotated[
     typer.Option("--quant", help="Quantize a bf16 checkpoint's experts while loading (int8, nf4: the bnb extra)."),
 ]
 QuantDense = Annotated[bool, typer.Option("--quant-dense", help="With --quant: attention and the dense MLP too.")]
+CudaGraphs = Annotated[
+    bool, typer.Option("--cuda-graphs", help="Replay denoising steps from CUDA graphs (GPU only; experimental).")
+]
 
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """How run, bench and serve load a model: --device, --dtype, --quant, --quant-dense."""
+    """How run, bench and serve load a model: --device, --dtype, --quant, --quant-dense, --cuda-graphs."""
 
     device: str
     dtype: str
     quant: Precision | None
     quant_dense: bool
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.quant_dense and self.quant is None:
@@ -81,7 +85,9 @@ def generation_options(
 def load_model(ref: str, settings: LoadSettings) -> tuple[store.Manifest, Engine, float]:
     manifest = store.resolve(ref)
     started = time.perf_counter()
-    engine = load(manifest.folder, settings.device, settings.dtype, settings.quant, settings.quant_dense)
+    engine = load(
+        manifest.folder, settings.device, settings.dtype, settings.quant, settings.quant_dense, settings.cuda_graphs
+    )
     if engine.tokenizer is None:
         raise UsageProblem(f"model '{ref}' has no tokenizer.json, so it cannot take text prompts")
     return manifest, engine, time.perf_counter() - started
@@ -118,11 +124,12 @@ def run(
     dtype: Dtype = "auto",
     quant: Quant = None,
     quant_dense: QuantDense = False,
+    cuda_graphs: CudaGraphs = False,
 ) -> None:
     """Answer a prompt, or chat when no prompt is given."""
     if output_format not in (None, "json"):
         raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
-    settings = LoadSettings(device, dtype, quant, quant_dense)
+    settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
     options = generation_options(steps, t_max, t_min, entropy_bound, seed, max_new_tokens)
     text = read_prompt(prompt)
     interactive = not text and sys.stdin.isatty()
@@ -216,6 +223,7 @@ def bench_command(
     dtype: Dtype = "auto",
     quant: Quant = None,
     quant_dense: QuantDense = False,
+    cuda_graphs: CudaGraphs = False,
 ) -> None:
     """Honest speed: effective and in-step tok/s, tokens per forward, steps per canvas, latency, memory."""
     from .bench import DEFAULT_PROMPTS, bench, render
@@ -225,7 +233,7 @@ def bench_command(
     texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()] if prompts else []
     if prompts and not texts:
         raise UsageProblem(f"{prompts} holds no prompts")
-    manifest, engine, _ = load_model(model, LoadSettings(device, dtype, quant, quant_dense))
+    manifest, engine, _ = load_model(model, LoadSettings(device, dtype, quant, quant_dense, cuda_graphs))
     options = generation_options(steps, None, None, None, seed, max_new_tokens)
     options.resolve(engine.defaults)
     if max_new_tokens is not None and max_new_tokens < engine.config.canvas_length:
@@ -260,11 +268,12 @@ def serve(
     dtype: Dtype = "auto",
     quant: Quant = None,
     quant_dense: QuantDense = False,
+    cuda_graphs: CudaGraphs = False,
 ) -> None:
     """Serve the Ollama API (/api) and the OpenAI API (/v1) over HTTP, batching concurrent requests."""
     from .server import serve as run_server
 
-    settings = LoadSettings(device, dtype, quant, quant_dense)
+    settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
     run_server(
         host,
         port,

@@ -87,17 +87,20 @@ def load(
     dtype: str | torch.dtype | None = "auto",
     quant: str | None = None,
     quant_dense: bool = False,
+    cuda_graphs: bool = False,
 ) -> Engine:
     """Load a Hugging Face-format DiffusionGemma folder: config.json, safetensors, optional tokenizer.json.
 
     Quantized checkpoints (FP8, NVFP4) load as they are stored. `quant` ("fp8", "nvfp4", "int8", "nf4")
     quantizes a full-precision checkpoint's experts while loading, and with `quant_dense` also attention and
-    the dense MLP.
+    the dense MLP. `cuda_graphs` replays denoising steps from CUDA graphs (see `graphs.py`).
     """
     folder = Path(path)
     config, defaults = load_config(folder)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    if cuda_graphs and target.type != "cuda":
+        raise OptionError(f"CUDA graphs need a CUDA device, not {target.type!r}")
     scheme = detect_scheme(folder)
     if quant is not None and scheme is not None:
         raise OptionError(f"--quant applies to full-precision checkpoints; this one is already {scheme.source}")
@@ -112,4 +115,4 @@ def load(
     model.eval().requires_grad_(False)
     tokenizer_file = folder / "tokenizer.json"
     tokenizer = Tokenizer(tokenizer_file) if tokenizer_file.exists() else None
-    return Engine(model, config, defaults, tokenizer)
+    return Engine(model, config, defaults, tokenizer, cuda_graphs)

@@ -17,6 +17,7 @@ from .cache import KVCache
 from .config import GenerationDefaults, TextConfig
 from .errors import OptionError
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
+from .graphs import GraphedDecoder
 from .model import DiffusionGemma
 from .options import GenerationOptions, ResolvedOptions
 from .tokenizer import TextStream, Tokenizer
@@ -61,6 +62,7 @@ class Engine:
         config: TextConfig,
         defaults: GenerationDefaults,
         tokenizer: Tokenizer | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.config = config
@@ -68,6 +70,7 @@ class Engine:
         self.tokenizer = tokenizer
         weight = model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
+        self.decode = GraphedDecoder(model) if cuda_graphs else model.decode
 
     def weight_memory(self) -> dict[str, int]:
         """Bytes of weights by storage format ("bfloat16", "fp8", "nvfp4", ...), for `show` and `--verbose`."""
@@ -223,7 +226,7 @@ class Engine:
         any_converged = False  # host copy of converged.any(), from the previous step's transfer
         for remaining in range(N, 0, -1):
             active = ~(converged | done)
-            raw = self.model.decode(current, cache, prev_probs)
+            raw = self.decode(current, cache, prev_probs)
             clock.charge("decode")
             logits = raw / sampler.temperature(remaining, N, opts.t_min, opts.t_max)
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)

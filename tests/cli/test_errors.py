@@ -34,6 +34,7 @@ CASES = [
     ("no-prompt", None, ["run", "{model}"], None, ["no prompt"]),
     ("unknown-quant", None, ["run", "{model}", PROMPT, "--quant", "int3"], 2, ["--quant", "'int3'", "nvfp4"]),
     ("quant-dense-alone", None, ["run", "{model}", PROMPT, "--quant-dense"], 2, ["--quant-dense needs --quant"]),
+    ("cuda-graphs-on-cpu", None, ["run", "{model}", PROMPT, "--device", "cpu", "--cuda-graphs"], 2, ["CUDA graphs"]),
     ("rm-path-escape", None, ["rm", "../x"], None, ["invalid model name '../x'"]),
     ("rm-bad-name", None, ["rm", "A:b/c"], None, ["invalid model name 'A:b/c'"]),
     ("rm-builtin", None, ["rm", "dgemma-tiny"], None, ["built into dgemma"]),
