@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import snapshot_download, try_to_load_from_cache
 
 from tests.pull.helpers import DGEMMA, NAME, NEVER, REPO, dgemma, failure, ok
+from tests.quant_checkpoints import write_quantized
 
 WEIGHTS = "model.safetensors"
 
@@ -169,3 +170,26 @@ def test_alias_pulls_its_repo(hub, checkpoint, env):
     hub.add_repo("RedHatAI/diffusiongemma-26B-A4B-it-FP8-dynamic", checkpoint)
     ok(dgemma(env, "pull", "diffusiongemma:26b-fp8"))
     assert manifest("diffusiongemma", "26b-fp8")["source"] == "hf:RedHatAI/diffusiongemma-26B-A4B-it-FP8-dynamic"
+
+
+def test_a_quantized_checkpoint_is_validated_and_runs(hub, checkpoint, env, tmp_path):
+    quantized = write_quantized(checkpoint, tmp_path / "nvfp4", "modelopt-nvfp4", dense=False)
+    hub.add_repo("acme/Tiny-DGemma-NVFP4", quantized)
+    result = ok(dgemma(env, "pull", "acme/Tiny-DGemma-NVFP4"))
+    assert result.stderr.splitlines()[-2].endswith("tensors match config.json")  # per-expert NVFP4 names checked
+    listed = next(line for line in ok(dgemma(env, "list")).stdout.splitlines() if "nvfp4" in line.lower())
+    assert "acme--tiny-dgemma-nvfp4" in listed
+    assert ok(dgemma(env, "run", "acme/Tiny-DGemma-NVFP4", "hi", "--max-new-tokens", "16")).stdout.strip()
+
+
+def test_an_unsupported_quantization_stops_before_the_weights(hub, checkpoint, env, tmp_path):
+    folder = tmp_path / "gptq"
+    folder.mkdir()
+    for path in checkpoint.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"quantization_config": {"quant_method": "gptq"}}))
+    hub.add_repo("acme/Tiny-DGemma-GPTQ", folder)
+    message = failure(dgemma(env, "pull", "acme/Tiny-DGemma-GPTQ"))
+    assert "unsupported quantization: quant_method 'gptq'" in message
+    assert WEIGHTS not in hub.file_requests()
