@@ -140,7 +140,10 @@ def run(
     if interactive:
         from .chat import Chat
 
-        Chat(engine, manifest, options, think=think, system=system, verbose=verbose).loop()
+        def loader(ref: str) -> tuple[store.Manifest, Engine]:
+            return load_model(ref, settings)[:2]
+
+        Chat(engine, manifest, options, loader, think=think, system=system, verbose=verbose).loop()
         return
 
     messages = ([Message("system", system)] if system else []) + [Message("user", text)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 
 import platformdirs
@@ -47,12 +48,14 @@ class Chat:
         engine: Engine,
         manifest: store.Manifest,
         options: GenerationOptions,
+        loader: Callable[[str], tuple[store.Manifest, Engine]],
         think: bool = False,
         system: str | None = None,
         verbose: bool = False,
         console: Console | None = None,
     ) -> None:
         self.engine, self.manifest, self.options = engine, manifest, options
+        self.loader = loader  # /load loads as the command line did (device, dtype, --quant)
         self.think, self.system, self.verbose = think, system, verbose
         self.console = console or Console(highlight=False)
         self.history: list[Message] = []
@@ -189,12 +192,8 @@ class Chat:
             self.console.print(f"Unknown command '/show {what}'. Type /? for help.")
 
     def load(self, ref: str) -> None:
-        from dgemma_runtime import load
-
-        manifest = store.resolve(ref)
         self.console.print(f"Loading model '{ref}'")
-        engine = load(manifest.folder, device=self.engine.device, dtype=self.engine.dtype)
-        self.engine, self.manifest = engine, manifest
+        self.manifest, self.engine = self.loader(ref)
         self.history.clear()
         self.restart()
 

@@ -196,6 +196,18 @@ def test_the_repl_answers_takes_parameters_and_exits_on_bye(model, spawn, onesho
     assert not STATUS.search(screen) and "unresolved" not in screen  # no live region left behind
 
 
+def test_load_in_the_repl_keeps_the_command_line_settings(model, spawn):
+    """/load takes the next model the way the command line loaded the first: here quantized to NVFP4."""
+    terminal = spawn("run", str(model), "--quant", "nvfp4", "--verbose", "--max-new-tokens", "16")
+    terminal.expect(PROMPT_MARK)
+    terminal.say(f"/load {model}", re.escape(f"Loading model '{model}'"))
+    terminal.expect(PROMPT_MARK)
+    answer = terminal.ask(PROMPT)
+    assert "quantization" in answer and "nvfp4 (quantized while loading)" in answer
+    terminal.child.sendline("/bye")
+    assert terminal.wait() == 0
+
+
 @dataclass
 class Interrupted:
     stopped: bool  # Ctrl-C came while the answer was still being written
