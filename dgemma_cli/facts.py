@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import torch
-from dgemma_runtime import Engine, load_config
+from dgemma_runtime import Engine, TextConfig, load_config
 from dgemma_runtime.cache import cache_bytes, step_workspace_bytes
-from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, detect_scheme, is_activation_scale
-from dgemma_runtime.weights import SKIPPED_PREFIXES, parameter_counts, read_header, shard_files
+from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, detect_scheme
+from dgemma_runtime.weights import parameter_counts, plan_load, read_header, shard_files
 
 from .store import Manifest
 
@@ -29,7 +29,6 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64,
     "BOOL": torch.bool,
 }
-QUANTIZED_TAGS = ("U8", "F8_E4M3")  # NVFP4 packs two values a byte; every FP8 dialect dgemma loads is E4M3
 
 
 def human(size: float) -> str:
@@ -56,26 +55,20 @@ def gpu_line(needed: int) -> str:
     return f"{torch.cuda.get_device_name()}: {human(free)} free of {human(total)}, {verdict}"
 
 
-def _module(tensor_name: str) -> str:
-    return tensor_name.rsplit(".", 1)[0]
-
-
-def stored_weights(folder: Path) -> dict[str, int]:
+def stored_weights(folder: Path, config: TextConfig) -> dict[str, int]:
     """Bytes of the weights a load reads, by storage format, from the safetensors headers alone (nothing is
     loaded): a quantized weight's scales count with it, under the checkpoint's precision; the rest by dtype."""
-    found = {
-        name: info
-        for name, info in read_header(shard_files(folder)).items()
-        if not name.startswith(SKIPPED_PREFIXES) and not is_activation_scale(name)
-    }
+    found = read_header(shard_files(folder))
+    plan = plan_load(found, config)  # the runtime's own reading of which tensors hold which weight, in what form
     scheme = detect_scheme(folder)
-    # `x.weight_scale` (and the like) belongs to module `x`, which is quantized when its weight is.
-    quantized = {_module(name) for name, info in found.items() if info.dtype in QUANTIZED_TAGS} if scheme else set()
+    quantized = {name for stored in plan.stored() if stored.form != "plain" for name in stored.expected}
     by_format: dict[str, int] = {}
-    for name, info in found.items():
-        dtype = SAFETENSORS_DTYPES[info.dtype]
-        key = scheme.precision if scheme and _module(name) in quantized else str(dtype).removeprefix("torch.")
-        by_format[key] = by_format.get(key, 0) + math.prod(info.shape) * dtype.itemsize
+    for name in plan.expected:
+        if name not in found:
+            continue
+        dtype = SAFETENSORS_DTYPES[found[name].dtype]
+        key = scheme.precision if scheme and name in quantized else str(dtype).removeprefix("torch.")
+        by_format[key] = by_format.get(key, 0) + math.prod(found[name].shape) * dtype.itemsize
     return by_format
 
 
@@ -112,7 +105,7 @@ def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
     """What `show` prints: from the folder's configs and safetensors headers, without loading the weights."""
     config, defaults = load_config(manifest.folder)
     total, active = parameter_counts(config)
-    stored = stored_weights(manifest.folder)
+    stored = stored_weights(manifest.folder, config)
     context = min(DEFAULT_CONTEXT, config.max_position_embeddings)
     dtype = torch.bfloat16
     needed = sum(stored.values()) + cache_bytes(config, 1, context, dtype) + step_workspace_bytes(config, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,15 +159,18 @@ class LoadPlan:
     linears: dict[str, StoredLinear]  # module name -> how the weight is stored
     experts: dict[str, list[list[StoredLinear]]]  # module name -> per expert, the pieces stacked into its rows
 
+    def stored(self) -> Iterator[StoredLinear]:
+        """Every linear and expert piece, in whatever form the checkpoint holds it."""
+        yield from self.linears.values()
+        for pieces in self.experts.values():
+            for expert in pieces:
+                yield from expert
+
     @property
     def expected(self) -> dict[str, tuple[int, ...]]:
         names = dict(self.plain)
-        for stored in self.linears.values():
+        for stored in self.stored():
             names.update(stored.expected)
-        for pieces in self.experts.values():
-            for expert in pieces:
-                for stored in expert:
-                    names.update(stored.expected)
         return names
 
 
