@@ -106,7 +106,7 @@ def load(
         raise OptionError(f"--quant applies to full-precision checkpoints; this one is already {scheme.source}")
     transform = quantize_at_load(quant, quant_dense) if quant is not None else None
     # Validates names and shapes before reading anything.
-    state = load_state(folder, config, target, torch_dtype, transform)
+    state = load_state(folder, config, target, torch_dtype, scheme, transform)
     with torch.device("meta"):
         model = DiffusionGemma(config)
     model.load_state_dict(install_quantized(model, state), strict=True, assign=True)

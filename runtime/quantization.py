@@ -214,10 +214,15 @@ def quantize_at_load(precision: str, dense: bool) -> Callable[[str, torch.Tensor
     quantize = _quantizer(precision)
 
     def transform(name: str, weight: torch.Tensor) -> torch.Tensor | QuantizedWeight:
-        targeted = ".experts." in name or (dense and (".self_attn." in name or ".mlp." in name))
-        return quantize(weight) if targeted else weight
+        return quantize(weight) if is_quantization_target(name, dense) else weight
 
     return transform
+
+
+def is_quantization_target(name: str, dense: bool) -> bool:
+    """A weight (by module name) that quantization covers: experts always, attention and the dense MLP with
+    `dense`; never the router, embeddings, norms or self-conditioning."""
+    return ".experts." in name or (dense and (".self_attn." in name or ".mlp." in name))
 
 
 def _quantizer(precision: str) -> Callable[[torch.Tensor], QuantizedWeight]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ from safetensors import SafetensorError, safe_open
 from .config import TextConfig
 from .errors import CheckpointError
 from .quantization import (
+    QuantScheme,
     StoredLinear,
     TensorInfo,
     build_linear,
     concat_rows,
-    detect_scheme,
     is_activation_scale,
     stack_weights,
     stored_linear,
@@ -197,14 +198,17 @@ def plan_load(found: dict[str, TensorInfo], config: TextConfig) -> LoadPlan:
     return LoadPlan(plain, linears, experts)
 
 
-def _tensor_reader(found: dict[str, TensorInfo], device: torch.device) -> Callable[[str], torch.Tensor]:
-    """Memory-mapped reads of single tensors, placed straight on the target device (files opened once)."""
+def _tensor_reader(
+    found: dict[str, TensorInfo], device: torch.device, files: ExitStack
+) -> Callable[[str], torch.Tensor]:
+    """Memory-mapped reads of single tensors, placed straight on the target device (each file opened once,
+    closed with `files`)."""
     handles: dict[Path, Any] = {}
 
     def read(name: str) -> torch.Tensor:
         path = found[name].path
         if path not in handles:
-            handles[path] = _open(path).__enter__()
+            handles[path] = files.enter_context(_open(path))
         try:
             return handles[path].get_tensor(name).to(device)
         except (SafetensorError, OSError) as exc:
@@ -221,6 +225,7 @@ def load_state(
     config: TextConfig,
     device: torch.device,
     dtype: torch.dtype,
+    scheme: QuantScheme | None,
     transform: Transform | None = None,
 ) -> dict[str, torch.Tensor | QuantizedWeight]:
     """Validate the checkpoint against the config, then read it as `module name -> tensor or quantized weight`.
@@ -228,28 +233,29 @@ def load_state(
     `transform(module_name, weight)` sees each full-precision linear or expert weight as it arrives (one at a
     time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident.
     """
-    folder = Path(folder)
-    found = read_header(shard_files(folder))
-    scheme = detect_scheme(folder)
+    found = read_header(shard_files(Path(folder)))
     plan = plan_load(found, config)
     validate(found, plan.expected)
-    read = _tensor_reader(found, device)
-    keep = transform or (lambda _name, weight: weight)
 
-    state: dict[str, torch.Tensor | QuantizedWeight] = {}
-    for name in plan.plain:
-        tensor = read(name).to(dtype)
-        state[module_name(name)] = keep(module_name(name), tensor) if ".experts." in name else tensor
-    for module, stored in plan.linears.items():
-        weight = build_linear(stored, read, scheme, dtype)
-        state[module] = keep(module, weight) if isinstance(weight, torch.Tensor) else weight
-    for module, pieces in plan.experts.items():
-        per_expert = []
-        for expert in pieces:
-            parts = [build_linear(stored, read, scheme, dtype) for stored in expert]
-            per_expert.append(parts[0] if len(parts) == 1 else concat_rows(*parts))
-        stacked = stack_weights(per_expert)
-        state[module] = keep(module, stacked) if isinstance(stacked, torch.Tensor) else stacked
+    def keep(name: str, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor | QuantizedWeight:
+        # Only full-precision weights are transformed: a checkpoint's own quantized weights stay as stored.
+        return transform(name, weight) if transform is not None and isinstance(weight, torch.Tensor) else weight
+
+    with ExitStack() as files:
+        read = _tensor_reader(found, device, files)
+        state: dict[str, torch.Tensor | QuantizedWeight] = {}
+        for name in plan.plain:
+            tensor = read(name).to(dtype)
+            # Fused bf16 experts are plain tensors too; norms and scalars are never transformed.
+            state[module_name(name)] = keep(module_name(name), tensor) if ".experts." in name else tensor
+        for module, stored in plan.linears.items():
+            state[module] = keep(module, build_linear(stored, read, scheme, dtype))
+        for module, pieces in plan.experts.items():
+            per_expert = []
+            for expert in pieces:
+                parts = [build_linear(stored, read, scheme, dtype) for stored in expert]
+                per_expert.append(parts[0] if len(parts) == 1 else concat_rows(*parts))
+            state[module] = keep(module, stack_weights(per_expert))
     return state
 
 

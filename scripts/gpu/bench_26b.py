@@ -65,21 +65,16 @@ def copy_bandwidth(nbytes: int) -> float:
     return nbytes / median_seconds(lambda: dst.copy_(src))
 
 
-def targeted(name: str, dense: bool) -> bool:
-    """Experts always; with `dense` also attention and the dense MLP (as the all-linear FP8 checkpoints do)."""
-    return ".experts." in name or (dense and (".self_attn." in name or ".mlp." in name) and "norm" not in name)
-
-
 def build_model(config, make=None, dense: bool = False):
     """The model on the GPU, weights ~N(0, 0.02), norms and scales 1 — no checkpoint involved. With `make`, the
     targeted weights are made directly in that format, so the bf16 versions never exist."""
     from dgemma_runtime import DiffusionGemma
-    from dgemma_runtime.quantization import install_quantized
+    from dgemma_runtime.quantization import install_quantized, is_quantization_target
 
     with torch.device("meta"):
         model = DiffusionGemma(config).to(torch.bfloat16)
     for name, meta in list(model.named_parameters()):
-        if make is not None and meta.dim() >= 2 and targeted(name, dense):
+        if make is not None and meta.dim() >= 2 and is_quantization_target(name, dense):
             install_quantized(model, {name: make(tuple(meta.shape))})
             continue
         weight = torch.empty(meta.shape, dtype=torch.bfloat16, device=DEVICE)
