@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import re
 import shutil
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dgemma_runtime import CheckpointError, DgemmaError, TextConfig, load_config
+from dgemma_runtime.config import read_json
 from dgemma_runtime.quantization import detect_scheme
 from dgemma_runtime.weights import plan_load, read_header, shard_files, validate
 from huggingface_hub import constants, hf_hub_url, snapshot_download
@@ -159,7 +159,7 @@ class _Download:
         files = self.info.files
         if INDEX in files:
             try:
-                names = sorted(set(_json(self.snapshot / INDEX)["weight_map"].values()))
+                names = sorted(set(read_json(self.snapshot / INDEX)["weight_map"].values()))
             except (KeyError, AttributeError) as exc:
                 raise CheckpointError(f"{INDEX}: malformed shard index ({exc})") from None
         else:
@@ -236,16 +236,6 @@ def _check_weights(folder: Path, config: TextConfig, files: int, hashes: bool) -
     found = read_header(shard_files(folder))
     validate(found, plan_load(found, config).expected)
     return Verified(files=files, tensors=len(found), hashes=hashes)
-
-
-def _json(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path.name}: not valid JSON ({exc})") from None
-    if not isinstance(found, dict):
-        raise CheckpointError(f"{path.name}: not a JSON object")
-    return found
 
 
 def quantization(folder: Path) -> str:

@@ -95,13 +95,17 @@ class GenerationDefaults:
     pad_token_id: int = 0
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file as an object; anything else is one CheckpointError naming the file."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path.parent}: no {path.name} (is this a Hugging Face model folder?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
 
 
 def _rope_spec(params: dict[str, Any]) -> RopeSpec:
@@ -215,8 +219,8 @@ def load_config(folder: Path) -> tuple[TextConfig, GenerationDefaults]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such model folder")
-    raw = _read_json(folder / "config.json")
+    raw = read_json(folder / "config.json")
     config = parse_config(raw)
     gen_path = folder / "generation_config.json"
-    gen_raw = _read_json(gen_path) if gen_path.exists() else {}
+    gen_raw = read_json(gen_path) if gen_path.exists() else {}
     return config, parse_generation_config(gen_raw, raw)

@@ -10,17 +10,16 @@ scales (`input_scale`, `input_global_scale`, `k_scale`, `v_scale`) are read past
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from dgemma_kernels import Fp8Weight, Nvfp4Weight, QuantizedWeight, quantize_fp8, quantize_nvfp4
 from torch import nn
 
+from .config import read_json
 from .errors import CheckpointError, OptionError, UnsupportedModelError
 
 FP8_BLOCK = 128
@@ -42,20 +41,12 @@ class QuantScheme:
         return self.source.startswith("compressed-tensors")
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def detect_scheme(folder: Path) -> QuantScheme | None:
     """The folder's quantization, None for a plain bf16/fp16/fp32 checkpoint; one clear error if unsupported."""
-    declared = _json(folder / "config.json").get("quantization_config")
+    declared = read_json(folder / "config.json").get("quantization_config")
     hf_quant = folder / "hf_quant_config.json"
     if not declared and hf_quant.exists():
-        declared = {"quant_method": "modelopt", **(_json(hf_quant).get("quantization") or {})}
+        declared = {"quant_method": "modelopt", **(read_json(hf_quant).get("quantization") or {})}
     if not declared:
         return None
     method = str(declared.get("quant_method", "")).lower()
