@@ -218,6 +218,7 @@ class Engine:
             opts.max_denoising_steps,
         )
         current = sampler.random_canvas((B, L), V, generator, self.device)
+        noise_source = sampler.NoiseSource((B, L), V, generator)
         argmax = current
         prev_probs: torch.Tensor | None = None  # self-conditioning input
         converged = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -228,12 +229,13 @@ class Engine:
             active = ~(converged | done)
             raw = self.decode(current, cache, prev_probs)
             clock.charge("decode")
-            logits = raw / sampler.temperature(remaining, N, opts.t_min, opts.t_max)
-            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            # In place: `raw` is this step's own tensor (or the graph's output buffer, rewritten by each replay).
+            logits = raw.div_(sampler.temperature(remaining, N, opts.t_min, opts.t_max))
+            top, new_argmax = logits.max(dim=-1)  # argmax's first-maximum rule, at a third of its CPU time
+            probs = torch.softmax(sampler.floor_logits(logits, top), dim=-1, dtype=torch.float32)
             token_entropy = sampler.entropy(logits, probs)
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
-            new_argmax = logits.argmax(dim=-1)
-            noise = sampler.draw_step_noise((B, L), V, generator)
+            noise = noise_source.draw()
             nxt = sampler.renoise(accepted, sampler.sample(probs, noise, accepted), noise)
             sc_probs = self._self_conditioning_probs(logits, probs)
             if any_converged:

@@ -284,4 +284,6 @@ class DiffusionGemma(nn.Module):
             x = layer.feed_forward(h, layer.layer_scalar)
         logits = F.linear(self.norm(x), self.embed_tokens.weight).float()
         cap = self.config.final_logit_softcapping
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        if cap is not None:  # in place: three [B, L, V] passes, no new [B, L, V] tensors
+            logits.div_(cap).tanh_().mul_(cap)
+        return logits

@@ -11,6 +11,7 @@ Axes: B batch, L canvas, V vocab.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,16 +28,23 @@ class StepNoise:
         return picked if picked.dtype == torch.float32 else (-torch.log1p(-picked)).float()
 
 
-def draw_step_noise(shape: tuple[int, int], vocab: int, generator: torch.Generator) -> StepNoise:
-    device = generator.device
-    draws = torch.empty(
-        shape[0] * shape[1], vocab, device=device, dtype=torch.float64 if device.type == "cpu" else None
-    )
-    if device.type == "cpu":
-        draws.uniform_(generator=generator)
-    else:
-        draws.exponential_(1, generator=generator)
-    return StepNoise(draws, random_canvas(shape, vocab, generator, device))
+class NoiseSource:
+    """Draws each step's noise from the generator into one buffer reused for a whole generation (a fresh
+    [B·L, V] tensor per step costs page faults on the CPU). A `StepNoise` is valid until the next `draw()`."""
+
+    def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator) -> None:
+        device = generator.device
+        self.shape, self.vocab, self.generator = shape, vocab, generator
+        self.draws = torch.empty(
+            shape[0] * shape[1], vocab, device=device, dtype=torch.float64 if device.type == "cpu" else None
+        )
+
+    def draw(self) -> StepNoise:
+        if self.draws.device.type == "cpu":
+            self.draws.uniform_(generator=self.generator)
+        else:
+            self.draws.exponential_(1, generator=self.generator)
+        return StepNoise(self.draws, random_canvas(self.shape, self.vocab, self.generator, self.draws.device))
 
 
 def temperature(step_remaining: int, max_steps: int, t_min: float, t_max: float) -> torch.Tensor:
@@ -45,10 +53,23 @@ def temperature(step_remaining: int, max_steps: int, t_min: float, t_max: float)
     return t_min + (t_max - t_min) * fraction
 
 
+def floor_logits(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """On the CPU, raise in place every logit more than `span` below its row's maximum to that floor, so that no
+    probability of the softmax is a denormal float (x86 computes those up to 100x slower: the softmax, entropy and
+    self-conditioning product of a step took 3x longer). A raised logit's probability stays below
+    e^-span / V ≥ the smallest normal float, so the normaliser (≥ 1) moves by less than V·e^-span ≈ 2e-27 for the
+    26B vocabulary, far below its half ulp; such a token can never win a sample, and the entropy and the soft
+    embedding move by as little. GPUs compute denormals at full speed: there it does nothing."""
+    if logits.device.type != "cpu":
+        return logits
+    span = -math.log(torch.finfo(torch.float32).tiny * logits.shape[-1]) - 1.0
+    return logits.clamp_(min=(row_max - span).unsqueeze(-1))
+
+
 def entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy [B, L] of probs = softmax(logits) [B, L, V]."""
-    logp = torch.clamp(torch.log_softmax(logits, dim=-1), min=torch.finfo(logits.dtype).min)
-    return -(probs * logp).sum(-1)
+    """Per-position entropy [B, L] of probs = softmax(logits) [B, L, V]. The reference clamps log-probabilities
+    at the dtype's minimum to keep 0·(-inf) out; the logits are finite, so log_softmax is too."""
+    return -(probs * torch.log_softmax(logits, dim=-1)).sum(-1)
 
 
 def random_canvas(shape: tuple[int, int], vocab: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

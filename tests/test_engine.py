@@ -130,3 +130,27 @@ def test_device_and_cpu_sampling_agree_on_the_same_noise():
     on_device = sampler.sample(probs, sampler.StepNoise((-torch.log1p(-uniforms)).float(), renoise), keep)
     assert torch.equal(on_cpu[keep], on_device[keep])
     assert keep.any() and (~keep).any()
+
+
+def test_the_denormal_floor_changes_no_sample_entropy_or_soft_embedding():
+    """`floor_logits` keeps the CPU softmax off denormal floats; everything computed from the probabilities must
+    come out as before: the same samples, the same entropies, the same self-conditioning product."""
+    from dgemma_runtime import sampler
+
+    g = torch.Generator().manual_seed(0)
+    B, L, V = 2, 16, 4096
+    logits = torch.randn(B, L, V, generator=g) * 40  # spread far wider than the floor
+    top = logits.max(-1).values
+    floored = sampler.floor_logits(logits.clone(), top)
+    tiny = torch.finfo(torch.float32).tiny
+    probs, probs_floored = torch.softmax(logits, -1), torch.softmax(floored, -1)
+    assert ((probs > 0) & (probs < tiny)).any()  # denormals before
+    assert (probs_floored >= tiny).all()  # none after
+    big = probs > 1e-30
+    assert torch.equal(probs[big], probs_floored[big])
+    assert torch.equal(sampler.entropy(logits, probs), sampler.entropy(floored, probs_floored))
+    noise = sampler.NoiseSource((B, L), V, g).draw()
+    keep = torch.ones(B, L, dtype=torch.bool)
+    assert torch.equal(sampler.sample(probs, noise, keep), sampler.sample(probs_floored, noise, keep))
+    embedding = torch.randn(V, 64, generator=g)
+    torch.testing.assert_close(probs_floored @ embedding, probs @ embedding, rtol=1e-6, atol=1e-30)
