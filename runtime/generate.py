@@ -233,11 +233,11 @@ class Engine:
             logits = raw.div_(sampler.temperature(remaining, N, opts.t_min, opts.t_max))
             top, new_argmax = logits.max(dim=-1)  # argmax's first-maximum rule, at a third of its CPU time
             probs = torch.softmax(sampler.floor_logits(logits, top), dim=-1, dtype=torch.float32)
-            token_entropy = sampler.entropy(logits, probs)
+            sc_probs = self._self_conditioning_probs(logits, probs)
+            token_entropy = sampler.entropy_(logits, probs)  # `logits` is spent from here on
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
             noise = noise_source.draw()
             nxt = sampler.renoise(accepted, sampler.sample(probs, noise, accepted), noise)
-            sc_probs = self._self_conditioning_probs(logits, probs)
             if any_converged:
                 # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
                 frozen = converged[:, None]

@@ -33,3 +33,18 @@ def test_block_scaled_fp8_never_goes_to_scaled_mm(monkeypatch):
     x, w = torch.randn(4, 256), torch.randn(32, 256)
     weight = quantize_fp8(w, group=128)
     torch.testing.assert_close(linear(x, weight), F.linear(x, weight.dequantize(torch.float32)))
+
+
+def test_half_precision_experts_on_the_cpu_match_the_grouped_product_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    E, N, K = 6, 40, 24
+    counts = torch.tensor([3, 0, 7, 1, 0, 5])  # empty experts too
+    offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(int(counts.sum()), K, generator=g).to(dtype)
+        w = torch.randn(E, N, K, generator=g).to(dtype)
+        pairs = zip(offsets.tolist(), counts.tolist(), strict=True)
+        expected = torch.cat([x[end - n : end] @ w[e].T for e, (end, n) in enumerate(pairs)])
+        assert torch.equal(moe.grouped_matmul_padded(x, w, offsets), expected)
+        assert torch.equal(moe._grouped_mm(x, w.transpose(1, 2), offs=offsets), expected)
+        assert torch.equal(moe.grouped_matmul_reference(x, w, offsets), expected)
