@@ -4,7 +4,7 @@ Same process, same checkpoint, same seeds. At this depth float32 rounding alone 
 (transformers' own sdpa and eager paths differ by as much), which is enough to change sampled trajectories,
 so the share of identical ids is reported rather than required; exact parity is proven by tests/parity.
 
-    python scripts/bench_reference.py [--threads 2] [--runs 3]
+    python scripts/bench_reference.py [--threads 2] [--runs 3] [--dtype float32|bfloat16|both]
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 MID_TEXT = {
     "vocab_size": 32768,
@@ -42,24 +44,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both")
     args = parser.parse_args()
-
-    import torch
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.checkpoints import TinySpec, write_checkpoint
+
+    dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
+    print(
+        f"config: hidden 512, 6 layers, 32 experts top-4, vocab 32k, canvas {CANVAS}, {STEPS} fixed steps, "
+        f"prompt {PROMPT}, {NEW_TOKENS} new tokens; {args.threads} threads, median of {args.runs} runs"
+    )
+    print(f"{'dtype':10s} {'transformers':>13s} {'dgemma':>9s} {'speed-up':>9s}  identical ids")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_checkpoint(TinySpec(text=MID_TEXT, canvas_length=CANVAS, perturb=True), Path(tmp) / "mid")
+        for dtype in dtypes:
+            ref, mine, same, total = compare(folder, getattr(torch, dtype), args.runs)
+            print(f"{dtype:10s} {ref:12.3f}s {mine:8.3f}s {ref / mine:8.2f}x  {same}/{total}")
+
+
+def compare(folder: Path, dtype: torch.dtype, runs: int) -> tuple[float, float, int, int]:
+    """Median seconds of transformers' and our generate() at one dtype, and how many ids agree."""
     import dgemma_runtime
 
-    from tests.checkpoints import TinySpec, load_reference, write_checkpoint
+    from tests.checkpoints import load_reference
 
-    spec = TinySpec(text=MID_TEXT, canvas_length=CANVAS, perturb=True)
-    gen = {"max_new_tokens": NEW_TOKENS, "max_denoising_steps": STEPS}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_checkpoint(spec, Path(tmp) / "mid")
-        reference = load_reference(folder).to(getattr(torch, args.dtype))
-        ours = dgemma_runtime.load(folder, device="cpu", dtype=args.dtype)
+    reference = load_reference(folder).to(dtype)
+    ours = dgemma_runtime.load(folder, device="cpu", dtype=dtype)
     prompt = torch.randint(5, 30000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    gen = {"max_new_tokens": NEW_TOKENS, "max_denoising_steps": STEPS}
 
     def run_reference(seed: int) -> list[int]:
         torch.manual_seed(seed)
@@ -77,22 +91,14 @@ def main() -> None:
     run_reference(0), run_ours(0)  # warm-up
     times: dict[str, list[float]] = {"transformers": [], "dgemma": []}
     same = total = 0
-    for seed in range(1, args.runs + 1):
+    for seed in range(1, runs + 1):
         t_ref, ids_ref = timed(run_reference, seed)
         t_ours, ids_ours = timed(run_ours, seed)
         same += sum(a == b for a, b in zip(ids_ref, ids_ours, strict=False))
         total += len(ids_ours)
         times["transformers"].append(t_ref)
         times["dgemma"].append(t_ours)
-
-    ref, mine = statistics.median(times["transformers"]), statistics.median(times["dgemma"])
-    print(
-        f"config: hidden 512, 6 layers, 32 experts top-4, vocab 32k, canvas {CANVAS}, {STEPS} fixed steps, "
-        f"prompt {PROMPT}, {NEW_TOKENS} new tokens; {args.dtype}, {args.threads} threads, {args.runs} runs (median)"
-    )
-    print(f"transformers {ref:8.3f} s")
-    print(f"dgemma       {mine:8.3f} s")
-    print(f"speed-up     {ref / mine:8.2f}x   (identical ids: {same}/{total})")
+    return statistics.median(times["transformers"]), statistics.median(times["dgemma"]), same, total
 
 
 if __name__ == "__main__":
