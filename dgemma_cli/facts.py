@@ -3,32 +3,17 @@ what `run --verbose` adds about the model it loaded (its quantization and weight
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from dgemma_runtime import Engine, TextConfig, load_config
 from dgemma_runtime.cache import cache_bytes, step_workspace_bytes
-from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, detect_scheme
+from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, SAFETENSORS_DTYPES, detect_scheme
 from dgemma_runtime.weights import parameter_counts, plan_load, read_header, shard_files
 
 from .store import Manifest
 
 DEFAULT_CONTEXT = 8192
-SAFETENSORS_DTYPES = {
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "I32": torch.int32,
-    "I64": torch.int64,
-    "BOOL": torch.bool,
-}
 
 
 def human(size: float) -> str:
@@ -68,7 +53,7 @@ def stored_weights(folder: Path, config: TextConfig) -> dict[str, int]:
             continue
         dtype = SAFETENSORS_DTYPES[found[name].dtype]
         key = scheme.precision if scheme and name in quantized else str(dtype).removeprefix("torch.")
-        by_format[key] = by_format.get(key, 0) + math.prod(found[name].shape) * dtype.itemsize
+        by_format[key] = by_format.get(key, 0) + found[name].nbytes
     return by_format
 
 

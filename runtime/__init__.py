@@ -11,8 +11,16 @@ from pathlib import Path
 
 import torch
 
+from . import memory
 from .config import GenerationDefaults, TextConfig, load_config
-from .errors import CheckpointError, ContextFullError, DgemmaError, OptionError, UnsupportedModelError
+from .errors import (
+    CheckpointError,
+    ContextFullError,
+    DgemmaError,
+    InsufficientMemoryError,
+    OptionError,
+    UnsupportedModelError,
+)
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .generate import Engine, GenerationResult, Session
 from .model import DiffusionGemma
@@ -35,6 +43,7 @@ __all__ = [
     "GenerationOptions",
     "GenerationResult",
     "GenerationStats",
+    "InsufficientMemoryError",
     "Message",
     "OptionError",
     "Session",
@@ -70,7 +79,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto' (or None): bfloat16 on a GPU, float32 on the CPU."""
+    """'auto' (or None): bfloat16 on a GPU, float32 on the CPU (`load` falls back to bfloat16 on a CPU whose
+    memory cannot hold the model in float32)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -105,6 +115,8 @@ def load(
     if quant is not None and scheme is not None:
         raise OptionError(f"--quant applies to full-precision checkpoints; this one is already {scheme.source}")
     transform = quantize_at_load(quant, quant_dense) if quant is not None else None
+    auto = dtype in (None, "auto")
+    torch_dtype = memory.fitting_dtype(folder, config, target, torch_dtype, auto, quant, quant_dense)
     # Validates names and shapes before reading anything.
     state = load_state(folder, config, target, torch_dtype, scheme, transform)
     with torch.device("meta"):

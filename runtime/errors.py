@@ -13,6 +13,10 @@ class CheckpointError(DgemmaError):
     """The checkpoint is missing, truncated, or its tensors do not match the config."""
 
 
+class InsufficientMemoryError(DgemmaError):
+    """The model's weights would not fit in the memory free on the target device."""
+
+
 class ContextFullError(DgemmaError):
     """The conversation no longer fits the KV cache that was allocated for it."""
 

@@ -72,11 +72,32 @@ def detect_scheme(folder: Path) -> QuantScheme | None:
     )
 
 
+# safetensors dtype tags -> torch dtypes
+SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+}
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     path: Path
     shape: tuple[int, ...]
     dtype: str  # the safetensors tag: "BF16", "F8_E4M3", "U8", ...
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * SAFETENSORS_DTYPES[self.dtype].itemsize
 
 
 @dataclass(frozen=True)
