@@ -10,6 +10,8 @@ No sampling and no I/O here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,9 @@ from torch import nn
 
 from .cache import KVCache, SequenceKV
 from .config import LayerSpec, TextConfig
+
+# (k, v) of the new tokens -> (keys, values, mask) to attend over
+CacheView = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -181,8 +186,12 @@ class Layer(nn.Module):
         self.layer_scalar = nn.Parameter(torch.ones(1))
         self.encoder_scalar = nn.Parameter(torch.ones(1))
 
-    def attention_residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        return x + self.post_attention_layernorm(attn_out)
+    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: CacheView) -> torch.Tensor:
+        """Attention with its residual; `kv(k, v)` gives the keys, values and mask to attend over (the encoder
+        appends to the cache, the decoder only reads it)."""
+        q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
+        keys, values, mask = kv(k, v)
+        return x + self.post_attention_layernorm(self.self_attn.attend(q, keys, values, mask))
 
     def feed_forward(self, h: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
         """Dense MLP and MoE in parallel, each with its own post-norm, then the layer scalar (§2.6)."""
@@ -253,9 +262,7 @@ class DiffusionGemma(nn.Module):
         x = self.embed(ids)
         positions = torch.arange(cache.length, cache.length + S, device=ids.device)
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
-            q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
-            keys, values, mask = cache.encoder_kv(i, k, v)
-            h = layer.attention_residual(x, layer.self_attn.attend(q, keys, values, mask))
+            h = layer.attention(x, cos, sin, partial(cache.encoder_kv, i))
             if i == len(self.layers) - 1:
                 break  # the encoder's output is never used: only the cache matters (§3.1)
             x = layer.feed_forward(h, layer.encoder_scalar)
@@ -278,9 +285,7 @@ class DiffusionGemma(nn.Module):
         x = self.self_conditioning(self.embed(canvas), soft)
         positions = torch.arange(cache.length, cache.length + L, device=canvas.device)
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
-            q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
-            keys, values, mask = cache.decoder_kv(i, k, v)
-            h = layer.attention_residual(x, layer.self_attn.attend(q, keys, values, mask))
+            h = layer.attention(x, cos, sin, partial(cache.decoder_kv, i))
             x = layer.feed_forward(h, layer.layer_scalar)
         logits = F.linear(self.norm(x), self.embed_tokens.weight).float()
         cap = self.config.final_logit_softcapping
