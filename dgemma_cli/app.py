@@ -48,6 +48,13 @@ CudaGraphs = Annotated[
     bool, typer.Option("--cuda-graphs", help="Replay denoising steps from CUDA graphs (GPU only; experimental).")
 ]
 
+OutputFormat = Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")]
+
+
+def check_format(output_format: str | None) -> None:
+    if output_format not in (None, "json"):
+        raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+
 
 @dataclass(frozen=True)
 class LoadSettings:
@@ -115,7 +122,7 @@ def run(
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first.")] = False,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     no_view: Annotated[bool, typer.Option("--no-view", help="Plain text instead of the live canvas.")] = False,
-    output_format: Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")] = None,
+    output_format: OutputFormat = None,
     frames: Annotated[bool, typer.Option("--frames", help="NDJSON, one object per denoising step.")] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Timing, diffusion statistics, quantization and memory.")
@@ -127,8 +134,7 @@ def run(
     cuda_graphs: CudaGraphs = False,
 ) -> None:
     """Answer a prompt, or chat when no prompt is given."""
-    if output_format not in (None, "json"):
-        raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+    check_format(output_format)
     settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
     options = generation_options(steps, t_max, t_min, entropy_bound, seed, max_new_tokens)
     text = read_prompt(prompt)
@@ -221,7 +227,7 @@ def bench_command(
     steps: Steps = None,
     fixed_steps: Annotated[bool, typer.Option("--fixed-steps", help="No early stop: every step runs.")] = False,
     seed: Seed = 0,
-    output_format: Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")] = None,
+    output_format: OutputFormat = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     quant: Quant = None,
@@ -231,8 +237,7 @@ def bench_command(
     """Honest speed: effective and in-step tok/s, tokens per forward, steps per canvas, latency, memory."""
     from .bench import DEFAULT_PROMPTS, bench, render
 
-    if output_format not in (None, "json"):
-        raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+    check_format(output_format)
     texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()] if prompts else []
     if prompts and not texts:
         raise UsageProblem(f"{prompts} holds no prompts")
