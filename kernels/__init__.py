@@ -1,4 +1,5 @@
-"""dgemma_kernels: matrix products over bf16, FP8 and NVFP4 weights; Triton kernels beside their references."""
+"""dgemma_kernels: matrix products over bf16, FP8 and NVFP4 weights, and the fused elementwise chains around them;
+Triton kernels beside their PyTorch references."""
 
 from .formats import (
     E2M1_VALUES,
@@ -11,6 +12,7 @@ from .formats import (
     quantize_nvfp4,
     unpack_nibbles,
 )
+from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope
 from .moe import grouped_matmul, grouped_matmul_reference, linear
 
 __all__ = [
@@ -18,12 +20,17 @@ __all__ = [
     "Fp8Weight",
     "Nvfp4Weight",
     "QuantizedWeight",
+    "add_rms_norm",
+    "combine_feed_forward",
     "e2m1_table",
+    "gelu_mul",
     "grouped_matmul",
     "grouped_matmul_reference",
     "linear",
     "pack_nibbles",
     "quantize_fp8",
     "quantize_nvfp4",
+    "rms_norm",
+    "rms_norm_rope",
     "unpack_nibbles",
 ]

@@ -15,7 +15,15 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from dgemma_kernels import grouped_matmul, linear
+from dgemma_kernels import (
+    add_rms_norm,
+    combine_feed_forward,
+    gelu_mul,
+    grouped_matmul,
+    linear,
+    rms_norm,
+    rms_norm_rope,
+)
 from torch import nn
 
 from .cache import KVCache, SequenceKV
@@ -23,19 +31,6 @@ from .config import LayerSpec, TextConfig
 
 # (k, v) of the new tokens -> (keys, values, mask) to attend over
 CacheView = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm in fp32 with pow(-0.5) (not rsqrt) and a plain `* w` scale (§2.4)."""
-    xf = x.float()
-    y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
-    if weight is not None:
-        y = y * weight.float()
-    return y.type_as(x)
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
 
 
 class RMSNorm(nn.Module):
@@ -68,7 +63,7 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(inner, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(gelu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(gelu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
@@ -79,13 +74,6 @@ def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
     rotated = int(spec.rope.partial_rotary_factor * D // 2)
     inv = 1.0 / (spec.rope.theta ** (torch.arange(0, 2 * rotated, 2, dtype=torch.int64).float() / D))
     return torch.cat([inv, torch.zeros(D // 2 - rotated)])
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on x [B, S, heads, D] with cos/sin [S, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 class Attention(nn.Module):
@@ -106,11 +94,11 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, heads, S, D], k and v [B, kv, S, D]."""
         B, S, _ = x.shape
-        q = apply_rope(self.q_norm(self.q_proj(x).view(B, S, -1, self.head_dim)), cos, sin)
+        q = rms_norm_rope(self.q_proj(x).view(B, S, -1, self.head_dim), self.q_norm.weight, cos, sin, self.eps)
         k = self.k_proj(x).view(B, S, -1, self.head_dim)
         # Full layers have no v_proj: V is the raw K projection, normalised without weight, never rotated.
         v = self.v_proj(x).view(B, S, -1, self.head_dim) if self.v_proj is not None else k
-        k = apply_rope(self.k_norm(k), cos, sin)
+        k = rms_norm_rope(k, self.k_norm.weight, cos, sin, self.eps)
         v = rms_norm(v, None, self.eps)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
@@ -159,7 +147,7 @@ class Experts(nn.Module):
         counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         offsets = torch.cumsum(counts, 0, dtype=torch.int32)
         gate, up = grouped_matmul(x[token], self.gate_up_proj, offsets).chunk(2, dim=-1)
-        y = grouped_matmul(gelu(gate) * up, self.down_proj, offsets)
+        y = grouped_matmul(gelu_mul(gate, up), self.down_proj, offsets)
         y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference
         return torch.zeros_like(x).index_add_(0, token, y)
 
@@ -191,16 +179,21 @@ class Layer(nn.Module):
         appends to the cache, the decoder only reads it)."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
         keys, values, mask = kv(k, v)
-        return x + self.post_attention_layernorm(self.self_attn.attend(q, keys, values, mask))
+        out = self.self_attn.attend(q, keys, values, mask)
+        return add_rms_norm(x, out, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
 
     def feed_forward(self, h: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
         """Dense MLP and MoE in parallel, each with its own post-norm, then the layer scalar (§2.6)."""
-        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(h)))
+        dense = self.mlp(self.pre_feedforward_layernorm(h))
         flat = h.reshape(-1, h.shape[-1])
         weights, experts = self.router(flat)
         moe = self.experts(self.pre_feedforward_layernorm_2(flat), weights, experts).reshape(h.shape)
-        moe = self.post_feedforward_layernorm_2(moe)
-        return (h + self.post_feedforward_layernorm(dense + moe)) * scalar
+        norms = (
+            self.post_feedforward_layernorm_1.weight,
+            self.post_feedforward_layernorm_2.weight,
+            self.post_feedforward_layernorm.weight,
+        )
+        return combine_feed_forward(h, dense, moe, norms, scalar, self.post_feedforward_layernorm.eps)
 
 
 class SelfConditioning(GatedMLP):

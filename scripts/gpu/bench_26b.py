@@ -3,7 +3,8 @@
 For bf16 experts, FP8 experts, NVFP4 experts and FP8 everywhere (experts, attention, dense MLP), at batch 1 and a
 fixed 16 denoising steps per 256-token canvas (early stopping off, EOS never matches): prefill tok/s, decoder-step
 latency (p50 over the timed steps, sampler included, as `dgemma run` pays it) and tok/s, both eager and with
-the engine's CUDA-graph path, and the decoder forward alone replayed as a CUDA graph (the GPU's own time).
+the engine's CUDA-graph path, and the decoder forward alone replayed as a CUDA graph (the GPU's own time), with
+the fused norm/RoPE/GELU kernels and without (`unfused`).
 The roofline is the bytes one step must stream (every weight once, all experts: at ≈16 tokens per expert every
 expert is used, and the embedding twice, for self-conditioning and lm_head) over a measured device copy bandwidth.
 
@@ -145,6 +146,17 @@ def graph_decode_ms(engine, prompt_len: int) -> float | None:
         return None
 
 
+def unfused(work, *args):
+    """`work(*args)` with the norm/RoPE/GELU chains as separate PyTorch ops: what the fused kernels save."""
+    from dgemma_kernels import fused
+
+    fused.enabled = False
+    try:
+        return work(*args)
+    finally:
+        fused.enabled = True
+
+
 def measure(engine, prompt_len: int, canvases: int) -> dict:
     from dgemma_runtime import FinalEvent, StepEvent
 
@@ -187,6 +199,7 @@ def run_variant(variant: str, config, defaults, args, bandwidth: float) -> dict:
     engine = Engine(model, config, defaults)
     row = {"weights_gb": total / 1e9, **measure(engine, args.prompt, args.canvases)}
     row["graph_forward_ms"] = graph_decode_ms(engine, args.prompt)
+    row["graph_forward_unfused_ms"] = unfused(graph_decode_ms, engine, args.prompt)
     # The engine's own CUDA-graph path (runtime/graphs.py), end to end: replayed steps, sampler included.
     graphed = measure(Engine(model, config, defaults, cuda_graphs=True), args.prompt, args.canvases)
     row["graphs_step_ms_p50"], row["graphs_tok_s"] = graphed["step_ms_p50"], graphed["tok_s"]
@@ -236,13 +249,14 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     print(f"\n26B, batch 1, prompt {args.prompt}, {STEPS} steps per {CANVAS}-token canvas, {name}")
-    head = f"{'variant':9} {'GB':>5} {'prefill tok/s':>13} {'fwd ms':>7} {'graph fwd':>9} {'step ms':>8}"
+    head = f"{'variant':9} {'GB':>5} {'prefill tok/s':>13} {'fwd ms':>7} {'graph fwd':>9} {'unfused':>8} {'step ms':>8}"
     print(head + f" {'+graphs':>8} {'roofline':>8} {'x roof':>6} {'tok/s':>6} {'+graphs':>8} {'roof tok/s':>10}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:9} error: {r['error']}")
             continue
         graph = f"{r['graph_forward_ms']:9.2f}" if r["graph_forward_ms"] else f"{'n/a':>9}"
+        graph += f" {r['graph_forward_unfused_ms']:8.2f}" if r["graph_forward_unfused_ms"] else f" {'n/a':>8}"
         best = min(r["step_ms_p50"], r["graphs_step_ms_p50"])
         print(
             f"{r['variant']:9} {r['weights_gb']:5.1f} {r['prefill_tok_s']:13.0f} {r['forward_ms']:7.2f} {graph} "

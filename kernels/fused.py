@@ -1,0 +1,92 @@
+"""The decoder layer's elementwise chains (norms, residual adds, RoPE, gated GELU), one call each.
+
+Counted on the CPU, a 26B decoder forward runs ~4,500 non-view ops, 3/4 of them elementwise passes over a few MB
+(an RMSNorm alone is eight: cast, square, mean, add, power, multiply, weight cast, multiply). On a GPU each is a
+kernel of a few µs even when replayed from a CUDA graph, so together they cost more than the experts. On a CUDA
+tensor with Triton available each function below is one Triton kernel (`triton_fused.py`); everywhere else it is
+the PyTorch code here, which is also the definition the kernels follow: the same fp32 math and the same roundings
+to the activation dtype between steps, as the reference computes them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .moe import triton_available
+
+# Switched off by scripts that time the unfused ops against the fused kernels in one process.
+enabled = True
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    return enabled and x.is_cuda and triton_available()
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32 with pow(-0.5) (not rsqrt) and a plain `* w` scale, cast back to x's dtype (§2.4)."""
+    xf = x.float()
+    y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    if weight is not None:
+        y = y * weight.float()
+    return y.type_as(x)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x [B, S, heads, D] with cos/sin [S, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if use_triton(x):
+        from .triton_fused import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def add_rms_norm(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """residual + RMSNorm(x): a sublayer's post-norm and its residual connection."""
+    if use_triton(x):
+        from .triton_fused import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, residual)
+    return residual + rms_norm_reference(x, weight, eps)
+
+
+def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float):
+    """RoPE over the RMSNorm of each head: x [B, S, heads, D], cos/sin [S, D] (the q and k norms)."""
+    if use_triton(x):
+        from .triton_fused import rms_norm_rope_triton
+
+        return rms_norm_rope_triton(x, weight, cos, sin, eps)
+    return apply_rope(rms_norm_reference(x, weight, eps), cos, sin)
+
+
+def combine_feed_forward(
+    h: torch.Tensor,
+    dense: torch.Tensor,
+    moe: torch.Tensor,
+    norms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    scalar: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """(h + N(N1(dense) + N2(moe))) * scalar, with `norms` = the weights of (N1, N2, N) (§2.6)."""
+    if use_triton(h):
+        from .triton_fused import combine_feed_forward_triton
+
+        return combine_feed_forward_triton(h, dense, moe, norms, scalar, eps)
+    dense_norm, moe_norm, out_norm = norms
+    both = rms_norm_reference(dense, dense_norm, eps) + rms_norm_reference(moe, moe_norm, eps)
+    return (h + rms_norm_reference(both, out_norm, eps)) * scalar
+
+
+def gelu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gelu(gate) * up (tanh GELU): the gated MLPs' activation. Both 2-D or more, same shape; any row stride."""
+    if use_triton(gate):
+        from .triton_fused import gelu_mul_triton
+
+        return gelu_mul_triton(gate, up)
+    return F.gelu(gate, approximate="tanh") * up

@@ -1,0 +1,198 @@
+"""Triton kernels for `fused.py`: one program per row (a token, or a token's head), math in fp32.
+
+Each kernel rounds to the activation dtype wherever the PyTorch definition in `fused.py` materialises a tensor, so
+the fused result differs from it only by reduction order in the mean square (and by GPU `rsqrt`/`exp`). The
+launchers read no device values on the host, so the decoder step stays capturable as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _row_config(D: int) -> tuple[int, int]:
+    """(BLOCK, num_warps): the whole row in one block; ~512 elements per warp for the wide rows."""
+    block = triton.next_power_of_2(D)
+    return block, max(1, min(8, block // 512))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(-1, x.shape[-1])
+
+
+def rms_norm_triton(
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RMSNorm(x) * weight over the last dim, plus `residual` when given."""
+    flat = _rows(x)
+    out = torch.empty_like(flat)
+    if flat.numel():
+        block, warps = _row_config(flat.shape[1])
+        _rms_norm_kernel[(flat.shape[0],)](
+            flat,
+            flat if weight is None else weight,
+            flat if residual is None else _rows(residual),
+            out,
+            flat.shape[1],
+            eps,
+            HAS_WEIGHT=weight is not None,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return out.view(x.shape)
+
+
+def rms_norm_rope_triton(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """x [B, S, heads, D]; cos/sin [S, D]."""
+    _, S, heads, D = x.shape
+    flat = _rows(x)
+    out = torch.empty_like(flat)
+    if flat.numel():
+        block, warps = _row_config(D)
+        _rms_norm_rope_kernel[(flat.shape[0],)](
+            flat, weight, cos.contiguous(), sin.contiguous(), out, heads, S, D, eps, BLOCK=block, num_warps=warps
+        )
+    return out.view(x.shape)
+
+
+def combine_feed_forward_triton(
+    h: torch.Tensor,
+    dense: torch.Tensor,
+    moe: torch.Tensor,
+    norms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    scalar: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    flat = _rows(h)
+    out = torch.empty_like(flat)
+    if flat.numel():
+        block, warps = _row_config(flat.shape[1])
+        _combine_feed_forward_kernel[(flat.shape[0],)](
+            flat, _rows(dense), _rows(moe), *norms, scalar, out, flat.shape[1], eps, BLOCK=block, num_warps=warps
+        )
+    return out.view(h.shape)
+
+
+def gelu_mul_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Rows may be strided (the two halves of a fused gate_up output); the last dim must be contiguous."""
+    N = gate.shape[-1]
+    gate2, up2 = (t if t.stride(-1) == 1 else t.contiguous() for t in (gate, up))
+    gate2, up2 = gate2.reshape(-1, N), up2.reshape(-1, N)
+    out = torch.empty(gate2.shape, dtype=gate.dtype, device=gate.device)
+    if out.numel():
+        block = min(1024, triton.next_power_of_2(N))
+        grid = (gate2.shape[0], triton.cdiv(N, block))
+        _gelu_mul_kernel[grid](gate2, up2, out, N, gate2.stride(0), up2.stride(0), BLOCK=block, num_warps=4)
+    return out.view(gate.shape)
+
+
+# -- kernels ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _round(v, dtype: tl.constexpr):
+    """fp32 -> the activation dtype -> fp32: where the PyTorch definition stores a tensor.
+
+    bf16 is rounded to nearest-even by hand, as the GPU's cast does: the Triton interpreter (the CPU tests)
+    truncates in its cast. The result is then exact in bf16, so any cast of it agrees on both."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return v.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _store(ptrs, v, mask):
+    """Store fp32 `v` in the pointer's dtype, rounded as `_round` does."""
+    dtype: tl.constexpr = ptrs.dtype.element_ty
+    tl.store(ptrs, _round(v, dtype).to(dtype), mask=mask)
+
+
+@triton.jit
+def _inverse_rms(x, D, eps):
+    """(mean(x²) + eps)^-0.5 of one fp32 row (masked lanes hold 0)."""
+    return 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+
+
+@triton.jit
+def _normalized(x, w_ptr, cols, ok, D, eps, dtype: tl.constexpr):
+    """RMSNorm of one fp32 row times its weight, rounded to `dtype` (as a tensor of that dtype holds it)."""
+    return _round(x * _inverse_rms(x, D, eps) * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), dtype)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, w_ptr, res_ptr, out_ptr, D, eps, HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64) * D
+    cols = tl.arange(0, BLOCK)
+    ok = cols < D
+    dtype = out_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    y = _normalized(x, w_ptr, cols, ok, D, eps, dtype) if HAS_WEIGHT else x * _inverse_rms(x, D, eps)
+    if HAS_RESIDUAL:
+        y = tl.load(res_ptr + row + cols, mask=ok, other=0.0).to(tl.float32) + _round(y, dtype)
+    _store(out_ptr + row + cols, y, ok)
+
+
+@triton.jit
+def _rms_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, heads, S, D, eps, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    row = r.to(tl.int64) * D
+    position = (r // heads) % S
+    cols = tl.arange(0, BLOCK)
+    ok = cols < D
+    dtype = out_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    inv = _inverse_rms(x, D, eps)
+    normed = _round(x * inv * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), dtype)
+    # Rotate-half: element c pairs with c ± D/2; read the partner again rather than permute registers.
+    half = D // 2
+    partner = tl.where(cols < half, cols + half, cols - half)
+    xp = tl.load(x_ptr + row + partner, mask=ok, other=0.0).to(tl.float32)
+    partner_normed = _round(xp * inv * tl.load(w_ptr + partner, mask=ok, other=0.0).to(tl.float32), dtype)
+    rotated = tl.where(cols < half, -partner_normed, partner_normed)
+    cos = tl.load(cos_ptr + position * D + cols, mask=ok, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + position * D + cols, mask=ok, other=0.0).to(tl.float32)
+    y = _round(normed * cos, dtype) + _round(rotated * sin, dtype)
+    _store(out_ptr + row + cols, y, ok)
+
+
+@triton.jit
+def _combine_feed_forward_kernel(
+    h_ptr, dense_ptr, moe_ptr, w_dense_ptr, w_moe_ptr, w_out_ptr, scalar_ptr, out_ptr, D, eps, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64) * D
+    cols = tl.arange(0, BLOCK)
+    ok = cols < D
+    dtype = out_ptr.dtype.element_ty
+    dense = tl.load(dense_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    moe = tl.load(moe_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    both = _round(
+        _normalized(dense, w_dense_ptr, cols, ok, D, eps, dtype) + _normalized(moe, w_moe_ptr, cols, ok, D, eps, dtype),
+        dtype,
+    )
+    h = tl.load(h_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    y = _round(h + _normalized(both, w_out_ptr, cols, ok, D, eps, dtype), dtype)
+    _store(out_ptr + row + cols, y * tl.load(scalar_ptr).to(tl.float32), ok)
+
+
+@triton.jit
+def _gelu_mul_kernel(gate_ptr, up_ptr, out_ptr, N, stride_gate, stride_up, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < N
+    dtype = out_ptr.dtype.element_ty
+    g = tl.load(gate_ptr + row * stride_gate + cols, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(up_ptr + row * stride_up + cols, mask=ok, other=0.0).to(tl.float32)
+    # tanh GELU, 0.5·g·(1 + tanh z) = g / (1 + exp(-2z)): no cancellation, and exp overflow gives -0.
+    z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+    gelu = g / (1.0 + tl.exp(-2.0 * z))
+    _store(out_ptr + row * N + cols, _round(gelu, dtype) * u, ok)
