@@ -2,8 +2,9 @@
 
 Structure of vLLM's fused_moe: a program computes one (M-tile, N-tile) of the output; every M-tile lies inside
 one expert's rows, so it streams that expert's weight tile, decodes it in registers and feeds `tl.dot` (fp32
-accumulator). FP8 and NVFP4 bytes are decoded with integer bit arithmetic, never fp8 pointers or casts, so the
-same code runs in the Triton interpreter on the CPU.
+accumulator). NVFP4 bytes are decoded with integer bit arithmetic. FP8 weights are converted by the hardware where
+it has FP8 (compute capability 8.9+); elsewhere, and in the Triton interpreter on the CPU, by the same bit
+arithmetic.
 
 Decoded tiles are exact in bf16/fp16 (an e4m3 value, or an E2M1 value times an e4m3 block scale, has at most six
 significant bits), so every fp32 factor that does not fit that (FP8 scales, the NVFP4 global scale) is applied
@@ -22,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
+from .scaled_mm import scaled_mm_supported
 
 PLAIN = tl.constexpr(0)
 FP8 = tl.constexpr(1)
@@ -115,10 +117,12 @@ def grouped_matmul_triton(
     weight: torch.Tensor | QuantizedWeight,
     offsets: torch.Tensor,
     config: TileConfig | None = None,
+    native_fp8: bool | None = None,
 ) -> torch.Tensor:
     """x [M, K] rows sorted by expert, weight [E, N, K] (or [N, K]), offsets [E] cumulative row ends -> [M, N].
 
-    Rows past offsets[-1] are left unwritten, as in `F.grouped_mm`.
+    Rows past offsets[-1] are left unwritten, as in `F.grouped_mm`. `native_fp8` picks the FP8 decode: the
+    hardware conversion (default where the GPU has FP8) or the bit arithmetic.
     """
     ops = weight_operands(weight)
     M = x.shape[0]
@@ -134,9 +138,11 @@ def grouped_matmul_triton(
     max_tiles = triton.cdiv(M, config.block_m) + ops.num_experts
     tile_ends, tile_expert = tile_experts(offsets, config.block_m, max_tiles)
     grid = (max_tiles, triton.cdiv(ops.N, config.block_n))
+    if native_fp8 is None:
+        native_fp8 = ops.format == FP8.value and scaled_mm_supported(x.device)
     _grouped_matmul_kernel[grid](
         x.contiguous(),
-        ops.w,
+        ops.w.view(torch.float8_e4m3fn) if native_fp8 else ops.w,
         ops.scale,
         ops.global_scale,
         out,
@@ -152,6 +158,7 @@ def grouped_matmul_triton(
         ops.scale.stride(1),
         FORMAT=ops.format,
         GROUP=ops.group,
+        NATIVE_FP8=native_fp8,
         DOT_FP32=x.device.type == "cpu",
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -215,6 +222,7 @@ def _grouped_matmul_kernel(
     stride_sn,
     FORMAT: tl.constexpr,
     GROUP: tl.constexpr,
+    NATIVE_FP8: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -245,7 +253,7 @@ def _grouped_matmul_kernel(
         if DOT_FP32:  # CPU tensors mean the interpreter, whose tl.dot multiplies bf16 bit patterns as integers
             a = a.to(tl.float32)
         w_mask = col_ok[:, None] & (k[None, :] < K)
-        if FORMAT == PLAIN:
+        if FORMAT == PLAIN or (FORMAT == FP8 and NATIVE_FP8):  # FP8: e4m3 pointers, converted by `cvt` below
             w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0)
         elif FORMAT == FP8:
             w = e4m3_to_f16(tl.load(w_rows + k[None, :], mask=w_mask, other=0))

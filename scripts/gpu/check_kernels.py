@@ -254,6 +254,9 @@ class Run:
                 row.ok = row.err <= BOUND
                 row.kernel_us = bench_us(lambda: grouped_matmul_triton(x, weight, offsets), self.device)
                 row.reference_us = baseline_us(lambda: grouped_matmul_reference(x, weight, offsets), self.device)
+                if fmt.startswith("fp8") and scaled_mm_supported(self.device):  # hardware e4m3 decode vs bits
+                    bits = bench_us(lambda: grouped_matmul_triton(x, weight, offsets, native_fp8=False), self.device)
+                    row.note = f"bit decode {bits:.0f}us"
                 if not bf16_us:
                     bf16_us.append(
                         baseline_us(lambda: F.grouped_mm(x, w_bf16.transpose(1, 2), offs=offsets), self.device)

@@ -112,6 +112,21 @@ def test_other_activation_dtypes(dtype: torch.dtype) -> None:
     check_rows(grouped_matmul_triton(x, weight, offsets), reference(x, weight, offsets), dtype)
 
 
+@pytest.mark.parametrize("fmt", ["fp8-channel", "fp8-block"])
+def test_fp8_hardware_decode_equals_bit_decode(fmt: str) -> None:
+    """GPUs with FP8 load e4m3 pointers and let the hardware convert; the interpreter emulates that conversion.
+    Both decodes are exact, so the products must agree bit for bit (subnormal and zero weights included)."""
+    g = torch.Generator().manual_seed(5)
+    weight = make_weight(fmt, len(COUNTS), 72, 256, g)
+    offsets = torch.tensor(COUNTS).cumsum(0).int()
+    x = torch.randn(int(offsets[-1]), 256, generator=g).bfloat16()
+    codes = weight.q.view(torch.uint8)  # the first 16 columns: ±0 and the seven subnormals of each sign
+    codes[..., :16] = torch.cat([torch.arange(8), torch.arange(8) | 0x80]).to(torch.uint8)
+    native = grouped_matmul_triton(x, weight, offsets, native_fp8=True)
+    assert torch.equal(native, grouped_matmul_triton(x, weight, offsets, native_fp8=False))
+    check_rows(native, reference(x, weight, offsets))
+
+
 def test_fp8_block_rejects_a_block_k_across_groups() -> None:
     weight = quantize_fp8(torch.randn(2, 16, 128), group=32)
     offsets = torch.tensor([3, 5], dtype=torch.int32)
