@@ -149,7 +149,9 @@ def run(
         def loader(ref: str) -> tuple[store.Manifest, Engine]:
             return load_model(ref, settings)[:2]
 
-        Chat(engine, manifest, options, loader, think=think, system=system, verbose=verbose).loop()
+        chat = Chat(engine, manifest, options, loader, think=think, system=system, verbose=verbose)
+        del engine  # the chat holds the only reference, so /load can free this model before loading the next
+        chat.loop()
         return
 
     messages = ([Message("system", system)] if system else []) + [Message("user", text)]

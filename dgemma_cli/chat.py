@@ -4,12 +4,14 @@ the next turn then re-encodes the kept history."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
 
 import platformdirs
+import torch
 from dgemma_runtime import (
     ContextFullError,
     DgemmaError,
@@ -29,6 +31,12 @@ from .facts import loaded_facts, model_facts
 from .views import LiveView, PlainView, consume, print_stats
 
 CONTEXT = 8192
+
+
+class NoModelLoaded(DgemmaError):
+    """/load failed and the previous model could not be loaded back either: the chat cannot go on."""
+
+
 ALIASES = {"steps": "max_denoising_steps", "num_predict": "max_new_tokens"}
 HELP = """Commands:
   /set parameter NAME VALUE   steps, t_min, t_max, entropy_bound, seed, max_new_tokens, ...
@@ -142,6 +150,8 @@ class Chat:
                 self.load(words[1])
             else:
                 self.console.print(f"Unknown command '{line}'. Type /? for help.")
+        except NoModelLoaded:
+            raise
         except DgemmaError as exc:
             self.console.print(f"[red]{exc}[/red]")
         return True
@@ -192,10 +202,29 @@ class Chat:
             self.console.print(f"Unknown command '/show {what}'. Type /? for help.")
 
     def load(self, ref: str) -> None:
+        """Switch models as Ollama does: the current one leaves memory before the next one loads (two 26B models
+        rarely fit together); if the next one fails to load, the current one is loaded back."""
+        store.resolve(ref)  # an unknown name fails here, before the current model is let go
         self.console.print(f"Loading model '{ref}'")
-        self.manifest, self.engine = self.loader(ref)
+        current = self.manifest.path if self.manifest.source == "local" else self.manifest.ref
+        self.release()
+        try:
+            self.manifest, self.engine = self.loader(ref)
+        except DgemmaError:
+            try:
+                self.manifest, self.engine = self.loader(current)
+            except DgemmaError as exc:
+                raise NoModelLoaded(f"could not load '{current}' back either: {exc}") from None
+            raise  # the conversation goes on with the model it had, its history re-encoded on the next turn
         self.history.clear()
-        self.restart()
+
+    def release(self) -> None:
+        """Drop the chat's references to the model (the engine, the session's cache) and return its memory."""
+        del self.engine
+        self.session = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _history() -> FileHistory | InMemoryHistory:
