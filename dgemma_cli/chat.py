@@ -4,14 +4,12 @@ the next turn then re-encodes the kept history."""
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
 
 import platformdirs
-import torch
 from dgemma_runtime import (
     ContextFullError,
     DgemmaError,
@@ -20,6 +18,7 @@ from dgemma_runtime import (
     Message,
     OptionError,
     Session,
+    memory,
     render_follow_up,
 )
 from prompt_toolkit import PromptSession
@@ -222,9 +221,7 @@ class Chat:
         """Drop the chat's references to the model (the engine, the session's cache) and return its memory."""
         del self.engine
         self.session = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        memory.reclaim()
 
 
 def _history() -> FileHistory | InMemoryHistory:

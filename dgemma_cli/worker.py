@@ -8,7 +8,6 @@ One model is resident at a time: loaded on first use, unloaded after its keep-al
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import threading
 import time
@@ -16,7 +15,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import torch
 from dgemma_runtime import (
     CanvasEvent,
     DgemmaError,
@@ -26,6 +24,7 @@ from dgemma_runtime import (
     GenerationStats,
     StepEvent,
     Tokenizer,
+    memory,
 )
 from dgemma_runtime.options import ResolvedOptions
 
@@ -333,9 +332,7 @@ class Worker:
         if self._resident is None:
             return
         self._resident = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        memory.reclaim()
 
     def _end(self, jobs: list[Job], error: Exception | None = None) -> None:
         with self._cond:

@@ -4,6 +4,7 @@ halfway through."""
 
 from __future__ import annotations
 
+import gc
 import math
 from pathlib import Path
 
@@ -91,3 +92,11 @@ def fitting_dtype(
         needed = weight_bytes(folder, config, dtype, quant, quant_dense)
     _ensure_fits(needed, available, device, dtype)
     return dtype
+
+
+def reclaim() -> None:
+    """Free what is no longer referenced now, and hand the GPU allocator's cached blocks back: call after dropping
+    a model, before loading the next one, so the memory check and the load see the memory as free."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
