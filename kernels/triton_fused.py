@@ -1,7 +1,7 @@
 """Triton kernels for `fused.py`: one program per row (a token, or a token's head), math in fp32.
 
 Each kernel rounds to the activation dtype wherever the PyTorch definition in `fused.py` materialises a tensor, so
-the fused result differs from it only by reduction order in the mean square (and by GPU `rsqrt`/`exp`). The
+the fused result differs from it only by reduction order in the mean square (and by the GPU's sqrt and exp). The
 launchers read no device values on the host, so the decoder step stays capturable as a CUDA graph.
 """
 
@@ -12,52 +12,40 @@ import triton
 import triton.language as tl
 
 
-def _row_config(D: int) -> tuple[int, int]:
-    """(BLOCK, num_warps): the whole row in one block; ~512 elements per warp for the wide rows."""
-    block = triton.next_power_of_2(D)
-    return block, max(1, min(8, block // 512))
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous().view(-1, x.shape[-1])
+def _per_row(kernel, x: torch.Tensor, eps: float, *args, **constexprs) -> torch.Tensor:
+    """Launch a row kernel `kernel(x, out, D, eps, *args)` with one program per row of x's last dim; the whole
+    row in one block, ~512 elements per warp for the wide rows."""
+    flat = x.contiguous().view(-1, x.shape[-1])
+    out = torch.empty_like(flat)
+    if flat.numel():
+        D = flat.shape[1]
+        block = triton.next_power_of_2(D)
+        warps = max(1, min(8, block // 512))
+        kernel[(flat.shape[0],)](flat, out, D, eps, *args, BLOCK=block, num_warps=warps, **constexprs)
+    return out.view(x.shape)
 
 
 def rms_norm_triton(
     x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
     """RMSNorm(x) * weight over the last dim, plus `residual` when given."""
-    flat = _rows(x)
-    out = torch.empty_like(flat)
-    if flat.numel():
-        block, warps = _row_config(flat.shape[1])
-        _rms_norm_kernel[(flat.shape[0],)](
-            flat,
-            flat if weight is None else weight,
-            flat if residual is None else _rows(residual),
-            out,
-            flat.shape[1],
-            eps,
-            HAS_WEIGHT=weight is not None,
-            HAS_RESIDUAL=residual is not None,
-            BLOCK=block,
-            num_warps=warps,
-        )
-    return out.view(x.shape)
+    return _per_row(
+        _rms_norm_kernel,
+        x,
+        eps,
+        x if weight is None else weight,
+        x if residual is None else residual.contiguous(),
+        HAS_WEIGHT=weight is not None,
+        HAS_RESIDUAL=residual is not None,
+    )
 
 
 def rms_norm_rope_triton(
     x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """x [B, S, heads, D]; cos/sin [S, D]."""
-    _, S, heads, D = x.shape
-    flat = _rows(x)
-    out = torch.empty_like(flat)
-    if flat.numel():
-        block, warps = _row_config(D)
-        _rms_norm_rope_kernel[(flat.shape[0],)](
-            flat, weight, cos.contiguous(), sin.contiguous(), out, heads, S, D, eps, BLOCK=block, num_warps=warps
-        )
-    return out.view(x.shape)
+    _, S, heads, _ = x.shape
+    return _per_row(_rms_norm_rope_kernel, x, eps, weight, cos.contiguous(), sin.contiguous(), heads, S)
 
 
 def combine_feed_forward_triton(
@@ -68,14 +56,7 @@ def combine_feed_forward_triton(
     scalar: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    flat = _rows(h)
-    out = torch.empty_like(flat)
-    if flat.numel():
-        block, warps = _row_config(flat.shape[1])
-        _combine_feed_forward_kernel[(flat.shape[0],)](
-            flat, _rows(dense), _rows(moe), *norms, scalar, out, flat.shape[1], eps, BLOCK=block, num_warps=warps
-        )
-    return out.view(h.shape)
+    return _per_row(_combine_feed_forward_kernel, h, eps, dense.contiguous(), moe.contiguous(), *norms, scalar)
 
 
 def gelu_mul_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -129,7 +110,7 @@ def _normalized(x, w_ptr, cols, ok, D, eps, dtype: tl.constexpr):
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, w_ptr, res_ptr, out_ptr, D, eps, HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr
+    x_ptr, out_ptr, D, eps, w_ptr, res_ptr, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr
 ):
     row = tl.program_id(0).to(tl.int64) * D
     cols = tl.arange(0, BLOCK)
@@ -143,7 +124,7 @@ def _rms_norm_kernel(
 
 
 @triton.jit
-def _rms_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, heads, S, D, eps, BLOCK: tl.constexpr):
+def _rms_norm_rope_kernel(x_ptr, out_ptr, D, eps, w_ptr, cos_ptr, sin_ptr, heads, S, BLOCK: tl.constexpr):
     r = tl.program_id(0)
     row = r.to(tl.int64) * D
     position = (r // heads) % S
@@ -167,7 +148,7 @@ def _rms_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, heads, S, D, 
 
 @triton.jit
 def _combine_feed_forward_kernel(
-    h_ptr, dense_ptr, moe_ptr, w_dense_ptr, w_moe_ptr, w_out_ptr, scalar_ptr, out_ptr, D, eps, BLOCK: tl.constexpr
+    h_ptr, out_ptr, D, eps, dense_ptr, moe_ptr, w_dense_ptr, w_moe_ptr, w_out_ptr, scalar_ptr, BLOCK: tl.constexpr
 ):
     row = tl.program_id(0).to(tl.int64) * D
     cols = tl.arange(0, BLOCK)
