@@ -12,7 +12,7 @@ from .formats import (
     quantize_nvfp4,
     unpack_nibbles,
 )
-from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope
+from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope, route
 from .moe import grouped_matmul, grouped_matmul_reference, linear
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "quantize_nvfp4",
     "rms_norm",
     "rms_norm_rope",
+    "route",
     "unpack_nibbles",
 ]

@@ -1,4 +1,4 @@
-"""The decoder layer's elementwise chains (norms, residual adds, RoPE, gated GELU), one call each.
+"""The decoder layer's elementwise chains (norms, residual adds, RoPE, gated GELU, routing), one call each.
 
 Counted on the CPU, a 26B decoder forward runs ~4,500 non-view ops, 3/4 of them elementwise passes over a few MB
 (an RMSNorm alone is eight: cast, square, mean, add, power, multiply, weight cast, multiply). On a GPU each is a
@@ -81,6 +81,19 @@ def combine_feed_forward(
     dense_norm, moe_norm, out_norm = norms
     both = rms_norm_reference(dense, dense_norm, eps) + rms_norm_reference(moe, moe_norm, eps)
     return (h + rms_norm_reference(both, out_norm, eps)) * scalar
+
+
+def route(scores: torch.Tensor, top_k: int, per_expert_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits [N, E] -> the top_k experts of each token [N, K] and their weights (fp32): softmax, top-k,
+    renormalised over the chosen experts, times each expert's scale (§2.6)."""
+    if use_triton(scores):
+        from .triton_fused import route_triton
+
+        return route_triton(scores, top_k, per_expert_scale)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32)
+    weights, experts = torch.topk(probs, k=top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights * per_expert_scale[experts], experts
 
 
 def gelu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,26 @@ def gelu_mul_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return out.view(gate.shape)
 
 
+def route_triton(scores: torch.Tensor, top_k: int, per_expert_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [N, E] -> (weights fp32 [N, K], experts int64 [N, K]); one program per token."""
+    flat = scores.contiguous()
+    N, E = flat.shape
+    weights = torch.empty(N, top_k, dtype=torch.float32, device=scores.device)
+    experts = torch.empty(N, top_k, dtype=torch.int64, device=scores.device)
+    if N:
+        _route_kernel[(N,)](
+            flat,
+            per_expert_scale,
+            weights,
+            experts,
+            E,
+            TOP_K=top_k,
+            BLOCK_E=triton.next_power_of_2(E),
+            BLOCK_K=triton.next_power_of_2(top_k),
+        )
+    return weights, experts
+
+
 # -- kernels ---------------------------------------------------------------------------------------------------
 
 
@@ -177,3 +197,37 @@ def _gelu_mul_kernel(gate_ptr, up_ptr, out_ptr, N, stride_gate, stride_up, BLOCK
     z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
     gelu = g / (1.0 + tl.exp(-2.0 * z))
     _store(out_ptr + row * N + cols, _round(gelu, dtype) * u, ok)
+
+
+@triton.jit
+def _route_kernel(
+    scores_ptr,
+    scale_ptr,
+    weights_ptr,
+    experts_ptr,
+    E,
+    TOP_K: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    ids = tl.arange(0, BLOCK_E)
+    s = tl.load(scores_ptr + token * E + ids, mask=ids < E, other=float("-inf")).to(tl.float32)
+    p = tl.exp(s - tl.max(s, axis=0))
+    p = p / tl.sum(p, axis=0)
+    # Top-k by repeated arg-max: the first index among equal maxima, in descending order, as torch.topk gives.
+    slots = tl.arange(0, BLOCK_K)
+    chosen_p = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    chosen = tl.zeros((BLOCK_K,), dtype=tl.int32)
+    remaining = tl.where(ids < E, p, -1.0)
+    for k in tl.static_range(TOP_K):
+        best = tl.max(remaining, axis=0)
+        index = tl.min(tl.where(remaining == best, ids, BLOCK_E), axis=0)
+        chosen_p = tl.where(slots == k, best, chosen_p)
+        chosen = tl.where(slots == k, index, chosen)
+        remaining = tl.where(ids == index, -1.0, remaining)
+    valid = slots < TOP_K
+    total = tl.sum(tl.where(valid, chosen_p, 0.0), axis=0)
+    scale = tl.load(scale_ptr + chosen, mask=valid, other=0.0).to(tl.float32)
+    tl.store(weights_ptr + token * TOP_K + slots, chosen_p / total * scale, mask=valid)
+    tl.store(experts_ptr + token * TOP_K + slots, chosen.to(tl.int64), mask=valid)

@@ -23,6 +23,7 @@ from dgemma_kernels import (
     linear,
     rms_norm,
     rms_norm_rope,
+    route,
 )
 from torch import nn
 
@@ -121,10 +122,7 @@ class Router(nn.Module):
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Routing weights [N, K] (fp32) and expert ids [N, K] for the residual h [N, H] (§2.6)."""
         scores = self.proj(rms_norm(h, None, self.eps) * self.scale * self.root_size)
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32)
-        weights, experts = torch.topk(probs, k=self.top_k, dim=-1)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        return weights * self.per_expert_scale[experts], experts
+        return route(scores, self.top_k, self.per_expert_scale)
 
 
 class Experts(nn.Module):

@@ -20,6 +20,7 @@ from dgemma_kernels.triton_fused import (
     gelu_mul_triton,
     rms_norm_rope_triton,
     rms_norm_triton,
+    route_triton,
 )
 
 EPS = 1e-6
@@ -102,6 +103,18 @@ def test_gelu_mul_on_strided_halves(dtype):
     exact = gate.double() * torch.sigmoid(2 * 0.7978845608028654 * (gate.double() + 0.044715 * gate.double() ** 3))
     if dtype == torch.float32:
         assert ((out.double() - exact * up.double()).abs() <= 1e-6 * (1 + up.double().abs())).all()
+
+
+@pytest.mark.parametrize(("num_experts", "top_k"), [(128, 8), (6, 3)])  # the 26B router; neither a power of two
+def test_route(num_experts, top_k):
+    g = torch.Generator().manual_seed(6)
+    scores = randn(40, num_experts, dtype=torch.float32, generator=g, scale=2.0)
+    per_expert_scale = norm_weight(num_experts, torch.bfloat16, g)
+    weights, experts = route_triton(scores, top_k, per_expert_scale)
+    ref_weights, ref_experts = fused.route(scores, top_k, per_expert_scale)  # a CPU tensor: the PyTorch path
+    assert experts.dtype == ref_experts.dtype and torch.equal(experts, ref_experts)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-6, atol=0)
 
 
 def test_empty_rows():
