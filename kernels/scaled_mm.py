@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from .formats import FP8_MAX, Fp8Weight
 
@@ -19,16 +20,26 @@ def scaled_mm_supported(device: torch.device | str) -> bool:
     return device.type == "cuda" and _capability(device.index) >= (8, 9)
 
 
+def hopper_or_newer(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    return device.type == "cuda" and _capability(device.index) >= (9, 0)
+
+
 @functools.cache
 def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index) if torch.cuda.is_available() else (0, 0)
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], fp32 scale [M, 1]) with x ≈ q · scale."""
-    xf = x.float()
+def quantize_per_token(x: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], fp32 scale [M, G]) with x ≈ q · scale: one scale per token (G = 1), or with
+    `group`, per token and run of `group` columns (G = ceil(K / group), the last run possibly shorter)."""
+    M, K = x.shape
+    group = group or K
+    runs = -(-K // group)
+    xf = F.pad(x.float(), (0, runs * group - K)).view(M, runs, group)
     scale = (xf.abs().amax(-1, keepdim=True) / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-    return (xf / scale).to(torch.float8_e4m3fn), scale
+    q = (xf / scale).to(torch.float8_e4m3fn).view(M, runs * group)[:, :K]
+    return q, scale.view(M, runs)
 
 
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: Fp8Weight) -> torch.Tensor:

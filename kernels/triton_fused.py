@@ -112,8 +112,7 @@ def _round(v, dtype: tl.constexpr):
 @triton.jit
 def _store(ptrs, v, mask):
     """Store fp32 `v` in the pointer's dtype, rounded as `_round` does."""
-    dtype: tl.constexpr = ptrs.dtype.element_ty
-    tl.store(ptrs, _round(v, dtype).to(dtype), mask=mask)
+    tl.store(ptrs, _round(v, ptrs.dtype.element_ty).to(ptrs.dtype.element_ty), mask=mask)
 
 
 @triton.jit

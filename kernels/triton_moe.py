@@ -16,14 +16,14 @@ The launcher never reads device values on the host, so the decoder step can be c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
-from .scaled_mm import scaled_mm_supported
+from .scaled_mm import hopper_or_newer, quantize_per_token, scaled_mm_supported
 
 PLAIN = tl.constexpr(0)
 FP8 = tl.constexpr(1)
@@ -75,23 +75,27 @@ def weight_operands(weight: torch.Tensor | QuantizedWeight) -> Operands:
     return Operands(PLAIN.value, w.contiguous(), w, w, 0, E, N, K)
 
 
-def pick_config(M: int, ops: Operands) -> TileConfig:
+def pick_config(M: int, ops: Operands, wgmma: bool = False) -> TileConfig:
     """A hand-picked table (autotuning breaks CUDA-graph capture and the interpreter).
 
     BLOCK_M follows the mean rows per expert: ~16 in a denoising step (256 tokens × top-8 over 128 experts),
     more in prefill and dense layers. BLOCK_N grows to 128 only when the grid still has several waves of programs
     for a 132-SM H100. BLOCK_K is 128 when it divides K, else 64 (704 = 11·64); masks handle any K.
+
+    `wgmma`: FP8 × FP8 on Hopper, whose FP8 tensor-core instruction (wgmma) needs 64-row tiles; Triton converts
+    both operands to fp16 for smaller ones. Compiled for sm90 (`scripts/inspect_kernels.py`), a 64×128×128 tile
+    with 4 warps takes 138 instructions per K-step against 302 at 32 rows.
     """
     rows = triton.cdiv(M, ops.num_experts)
     # Measured on an H200 (scripts/gpu/check_kernels.py): at ~16 rows per expert, BLOCK_M 32 beat 16 in 6 of the
     # 8 decode cases (NVFP4 gate_up 392 vs 448 µs, FP8 315 vs 353 µs) and lost 1-10 µs in the other two.
-    block_m = 32 if rows <= 32 else 64
+    block_m = 32 if rows <= 32 and not wgmma else 64
     m_tiles = triton.cdiv(M, block_m) + ops.num_experts
     block_n = 128 if m_tiles * triton.cdiv(ops.N, 128) >= 512 else 64
     block_k = 128 if ops.K % 128 == 0 else 64
     if ops.group:
         block_k = fp8_block_k(block_k, ops.group)
-    num_warps = 8 if block_m * block_n >= 64 * 128 else 4
+    num_warps = 8 if block_m * block_n >= 64 * 128 and not wgmma else 4
     return TileConfig(block_m, block_n, block_k, num_warps)
 
 
@@ -112,17 +116,29 @@ def tile_experts(offsets: torch.Tensor, block_m: int, max_tiles: int) -> tuple[t
     return tile_ends, torch.searchsorted(tile_ends, tiles, right=True)
 
 
+# How FP8 weights meet the activations: decoded by bit arithmetic (any GPU, and the interpreter), converted by
+# the hardware (sm89+), or multiplied as FP8 by FP8 after quantizing the activations per token (sm89+).
+Fp8Mode = Literal["bits", "cvt", "w8a8"]
+FP8_MODES: tuple[Fp8Mode, ...] = ("bits", "cvt", "w8a8")
+
+
+def default_fp8_mode(device: torch.device) -> Fp8Mode:
+    """W8A8 where the GPU has FP8 tensor cores: what FP8-dynamic checkpoints are made for (per-channel weights,
+    dynamic per-token activations) and what the dense layers already run; it decodes nothing."""
+    return "w8a8" if scaled_mm_supported(device) else "bits"
+
+
 def grouped_matmul_triton(
     x: torch.Tensor,
     weight: torch.Tensor | QuantizedWeight,
     offsets: torch.Tensor,
     config: TileConfig | None = None,
-    native_fp8: bool | None = None,
+    fp8_mode: Fp8Mode | None = None,
 ) -> torch.Tensor:
     """x [M, K] rows sorted by expert, weight [E, N, K] (or [N, K]), offsets [E] cumulative row ends -> [M, N].
 
-    Rows past offsets[-1] are left unwritten, as in `F.grouped_mm`. `native_fp8` picks the FP8 decode: the
-    hardware conversion (default where the GPU has FP8) or the bit arithmetic.
+    Rows past offsets[-1] are left unwritten, as in `F.grouped_mm`. `fp8_mode` picks how FP8 weights are used
+    (see `Fp8Mode`); the default follows the device.
     """
     ops = weight_operands(weight)
     M = x.shape[0]
@@ -131,18 +147,22 @@ def grouped_matmul_triton(
     out = torch.empty(M, ops.N, dtype=x.dtype, device=x.device)
     if M == 0:
         return out
-    config = config or pick_config(M, ops)
+    mode = FP8_MODES.index(fp8_mode or default_fp8_mode(x.device)) if ops.format == FP8.value else 0
+    w8a8 = mode == FP8_MODES.index("w8a8")
+    config = config or pick_config(M, ops, wgmma=w8a8 and hopper_or_newer(x.device))
     if ops.group % config.block_k:
         raise ValueError(f"BLOCK_K {config.block_k} does not divide the FP8 scale group {ops.group}")
+    x_scale = x  # unused unless the activations are quantized
+    if w8a8:
+        x, x_scale = quantize_per_token(x, ops.group)  # one scale per token, or per token and weight K-group
     # Each expert may leave one partial tile, so ceil(M / BLOCK_M) + E tiles always suffice.
     max_tiles = triton.cdiv(M, config.block_m) + ops.num_experts
     tile_ends, tile_expert = tile_experts(offsets, config.block_m, max_tiles)
     grid = (max_tiles, triton.cdiv(ops.N, config.block_n))
-    if native_fp8 is None:
-        native_fp8 = ops.format == FP8.value and scaled_mm_supported(x.device)
     _grouped_matmul_kernel[grid](
         x.contiguous(),
-        ops.w.view(torch.float8_e4m3fn) if native_fp8 else ops.w,
+        x_scale,
+        ops.w.view(torch.float8_e4m3fn) if mode > 0 else ops.w,
         ops.scale,
         ops.global_scale,
         out,
@@ -156,9 +176,10 @@ def grouped_matmul_triton(
         ops.w.stride(1),
         ops.scale.stride(0),
         ops.scale.stride(1),
+        x_scale.stride(0),
         FORMAT=ops.format,
         GROUP=ops.group,
-        NATIVE_FP8=native_fp8,
+        FP8_MODE=mode,
         DOT_FP32=x.device.type == "cpu",
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -206,6 +227,7 @@ def _load_nvfp4_tile(w_rows, s_rows, col_ok, k0, K, BLOCK_N: tl.constexpr, BLOCK
 @triton.jit
 def _grouped_matmul_kernel(
     x_ptr,
+    x_scale_ptr,
     w_ptr,
     scale_ptr,
     global_scale_ptr,
@@ -220,9 +242,10 @@ def _grouped_matmul_kernel(
     stride_wn,
     stride_se,
     stride_sn,
+    stride_xs,
     FORMAT: tl.constexpr,
     GROUP: tl.constexpr,
-    NATIVE_FP8: tl.constexpr,
+    FP8_MODE: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -246,6 +269,7 @@ def _grouped_matmul_kernel(
     w_rows = w_ptr + expert.to(tl.int64) * stride_we + cols[:, None] * stride_wn
     s_rows = scale_ptr + expert.to(tl.int64) * stride_se + cols * stride_sn
 
+    W8A8: tl.constexpr = FORMAT == FP8 and FP8_MODE == 2  # a is e4m3 too: FP8 × FP8 on FP8 tensor cores
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + ks
@@ -253,22 +277,27 @@ def _grouped_matmul_kernel(
         if DOT_FP32:  # CPU tensors mean the interpreter, whose tl.dot multiplies bf16 bit patterns as integers
             a = a.to(tl.float32)
         w_mask = col_ok[:, None] & (k[None, :] < K)
-        if FORMAT == PLAIN or (FORMAT == FP8 and NATIVE_FP8):  # FP8: e4m3 pointers, converted by `cvt` below
-            w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0)
+        if FORMAT == PLAIN or (FORMAT == FP8 and FP8_MODE > 0):  # FP8: e4m3 pointers, used as they are by W8A8
+            w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0)  # or converted by `cvt` below
         elif FORMAT == FP8:
             w = e4m3_to_f16(tl.load(w_rows + k[None, :], mask=w_mask, other=0))
         else:
             w = _load_nvfp4_tile(w_rows, s_rows[:, None], col_ok, k0, K, BLOCK_N, BLOCK_K)
         b = tl.trans(w.to(a.dtype))
         if FORMAT == FP8 and GROUP > 0:
-            # The tile lies inside one scale group (BLOCK_K divides GROUP): one fp32 scale per output column.
-            s = tl.load(s_rows + k0 // GROUP, mask=col_ok, other=0.0)
-            acc += tl.dot(a, b) * s[None, :]
+            # The tile lies inside one scale group (BLOCK_K divides GROUP): one fp32 scale per output column,
+            # and with W8A8 one per row for the activations of that group.
+            s = tl.load(s_rows + k0 // GROUP, mask=col_ok, other=0.0)[None, :]
+            if W8A8:
+                s = s * tl.load(x_scale_ptr + rows * stride_xs + k0 // GROUP, mask=row_ok, other=0.0)[:, None]
+            acc += tl.dot(a, b) * s
         else:
             acc = tl.dot(a, b, acc)
 
     if FORMAT == FP8 and GROUP == 0:
         acc *= tl.load(s_rows, mask=col_ok, other=0.0)[None, :]
+        if W8A8:
+            acc *= tl.load(x_scale_ptr + rows * stride_xs, mask=row_ok, other=0.0)[:, None]
     if FORMAT == NVFP4:
         acc *= tl.load(global_scale_ptr + expert.to(tl.int64) * N + cols, mask=col_ok, other=0.0)[None, :]
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]

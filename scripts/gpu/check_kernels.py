@@ -50,8 +50,19 @@ from dgemma_kernels import (  # noqa: E402
     quantize_fp8,
     quantize_nvfp4,
 )
-from dgemma_kernels.scaled_mm import fp8_linear_scaled_mm, quantize_per_token, scaled_mm_supported  # noqa: E402
-from dgemma_kernels.triton_moe import TileConfig, grouped_matmul_triton, pick_config, weight_operands  # noqa: E402
+from dgemma_kernels.scaled_mm import (  # noqa: E402
+    fp8_linear_scaled_mm,
+    hopper_or_newer,
+    quantize_per_token,
+    scaled_mm_supported,
+)
+from dgemma_kernels.triton_moe import (  # noqa: E402
+    TileConfig,
+    default_fp8_mode,
+    grouped_matmul_triton,
+    pick_config,
+    weight_operands,
+)
 
 BOUND = 1e-2  # relative Frobenius error vs fp32 of the same bytes: accumulation order and bf16 output only
 FORMATS = ("bf16", "fp8-channel", "fp8-block", "nvfp4")
@@ -168,6 +179,14 @@ def routed_offsets(rows: int, shapes: Shapes, device: torch.device) -> torch.Ten
     return torch.bincount(experts.flatten(), minlength=shapes.experts).cumsum(0).int()
 
 
+def quantized_activations(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor:
+    """x as W8A8 sees it: quantized per token (and per K-group for block-scaled weights), back in fp32."""
+    K = x.shape[1]
+    group = weight.group if isinstance(weight, Fp8Weight) and weight.group < K else K
+    q, scale = quantize_per_token(x, group % K)
+    return q.float() * scale.repeat_interleave(group, dim=1)[:, :K]
+
+
 def reference_fp32(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, offsets: torch.Tensor) -> torch.Tensor:
     """Dequantize to fp32, then one fp32 matmul per expert (offsets read on the host: this is the slow path)."""
     w32 = weight.float() if isinstance(weight, torch.Tensor) else weight.dequantize(torch.float32)
@@ -247,29 +266,41 @@ class Run:
             def body(row: Row, fmt: str = fmt) -> None:
                 w_bf16, weight = self.weight(proj, "bf16"), self.weight(proj, fmt)
                 row.nbytes = weight_bytes(weight) + x.numel() * 2 + M * N * 2
-                ref = reference_fp32(x, weight, offsets)
-                config = pick_config(M, weight_operands(weight))
-                row.config = describe(config)
-                row.err = rel_err(grouped_matmul_triton(x, weight, offsets), ref)
-                row.ok = row.err <= BOUND
-                row.kernel_us = bench_us(lambda: grouped_matmul_triton(x, weight, offsets), self.device)
+                self.check_triton(row, x, weight, offsets, alternatives=phase == "decode")
                 row.reference_us = baseline_us(lambda: grouped_matmul_reference(x, weight, offsets), self.device)
-                if fmt.startswith("fp8") and scaled_mm_supported(self.device):  # hardware e4m3 decode vs bits
-                    bits = bench_us(lambda: grouped_matmul_triton(x, weight, offsets, native_fp8=False), self.device)
-                    row.note = f"bit decode {bits:.0f}us"
                 if not bf16_us:
                     bf16_us.append(
                         baseline_us(lambda: F.grouped_mm(x, w_bf16.transpose(1, 2), offs=offsets), self.device)
                     )
                 row.bf16_us = bf16_us[0]
-                if phase == "decode":
-                    self.later.append(lambda: self.try_alternatives(row, config, weight, x, offsets))
 
             self.record(Row(f"moe {proj} {phase} {fmt}", M, N, K, E), body)
 
-    def try_alternatives(self, row: Row, config: TileConfig, weight, x: torch.Tensor, offsets: torch.Tensor) -> None:
+    def check_triton(self, row: Row, x: torch.Tensor, weight, offsets: torch.Tensor, alternatives: bool) -> None:
+        """The Triton kernel as the runtime calls it on this device, against fp32 products of the operands it uses
+        (with W8A8, the activations quantized per token); its table neighbours are timed later."""
+        mode = default_fp8_mode(self.device) if isinstance(weight, Fp8Weight) else None
+        ref = reference_fp32(quantized_activations(x, weight) if mode == "w8a8" else x, weight, offsets)
+        wgmma = mode == "w8a8" and hopper_or_newer(self.device)
+        config = pick_config(x.shape[0], weight_operands(weight), wgmma=wgmma)
+        row.config = describe(config)
+        out = grouped_matmul_triton(x, weight, offsets)
+        row.err = rel_err(out, ref)
+        row.ok = row.err <= BOUND
+        row.kernel_us = bench_us(lambda: grouped_matmul_triton(x, weight, offsets), self.device)
+        if mode == "w8a8":  # the W8A16 paths in the same run: hardware conversion, bit decoding
+            times = " ".join(
+                f"{m} {bench_us(lambda m=m: grouped_matmul_triton(x, weight, offsets, fp8_mode=m), self.device):.0f}us"
+                for m in ("cvt", "bits")
+            )
+            row.note = f"vs unquantized x {rel_err(out, reference_fp32(x, weight, offsets)):.1e}; {times}"
+        if alternatives:
+            self.later.append(lambda: self.try_alternatives(row, config, weight, x, offsets, ref))
+
+    def try_alternatives(
+        self, row: Row, config: TileConfig, weight, x: torch.Tensor, offsets: torch.Tensor, ref: torch.Tensor
+    ) -> None:
         """Time the table's neighbours; a wrong answer from any of them fails the row."""
-        ref = reference_fp32(x, weight, offsets)
         best = (row.kernel_us, describe(config))
         for alt in alternatives(config, weight_operands(weight).group):
             if self.out_of_time():
@@ -296,13 +327,8 @@ class Run:
         bf16_us = baseline_us(lambda: F.linear(x, w_bf16), device)
 
         def triton_body(row: Row) -> None:
-            config = pick_config(M, weight_operands(weight))
-            row.config = describe(config)
-            row.err = rel_err(grouped_matmul_triton(x, weight, offsets), reference_fp32(x, weight, offsets))
-            row.ok = row.err <= BOUND
-            row.kernel_us = bench_us(lambda: grouped_matmul_triton(x, weight, offsets), device)
+            self.check_triton(row, x, weight, offsets, alternatives=True)
             row.reference_us, row.bf16_us = reference_us, bf16_us
-            self.later.append(lambda: self.try_alternatives(row, config, weight, x, offsets))
 
         def scaled_mm_body(row: Row) -> None:
             w32 = weight.dequantize(torch.float32)

@@ -122,9 +122,25 @@ def test_fp8_hardware_decode_equals_bit_decode(fmt: str) -> None:
     x = torch.randn(int(offsets[-1]), 256, generator=g).bfloat16()
     codes = weight.q.view(torch.uint8)  # the first 16 columns: ±0 and the seven subnormals of each sign
     codes[..., :16] = torch.cat([torch.arange(8), torch.arange(8) | 0x80]).to(torch.uint8)
-    native = grouped_matmul_triton(x, weight, offsets, native_fp8=True)
-    assert torch.equal(native, grouped_matmul_triton(x, weight, offsets, native_fp8=False))
+    native = grouped_matmul_triton(x, weight, offsets, fp8_mode="cvt")
+    assert torch.equal(native, grouped_matmul_triton(x, weight, offsets, fp8_mode="bits"))
     check_rows(native, reference(x, weight, offsets))
+
+
+@pytest.mark.parametrize(("fmt", "K"), [("fp8-channel", 200), ("fp8-block", 320)])  # 320: a partial last group
+def test_fp8_w8a8_matches_the_quantized_activations(fmt: str, K: int) -> None:
+    """FP8 × FP8: the activations quantized per token (per token and K-group for block-scaled weights), as
+    FP8-dynamic checkpoints expect. Against fp32 products of the same quantized operands."""
+    g = torch.Generator().manual_seed(6)
+    weight = make_weight(fmt, len(COUNTS), 72, K, g)
+    offsets = torch.tensor(COUNTS).cumsum(0).int()
+    x = torch.randn(int(offsets[-1]), K, generator=g).bfloat16()
+    xq, scale = quantize_per_token(x, weight.group if weight.group < K else 0)
+    group = K if weight.group >= K else weight.group
+    x_used = xq.float() * scale.repeat_interleave(group, dim=1)[:, :K]
+    out = grouped_matmul_triton(x, weight, offsets, fp8_mode="w8a8")
+    # Quantizing x moves the product by ~3e-2, past the bound: this holds only for the quantized activations.
+    check_rows(out, reference(x_used, weight, offsets))
 
 
 def test_fp8_block_rejects_a_block_k_across_groups() -> None:
@@ -150,6 +166,8 @@ def test_block_sizes_follow_rows_per_expert() -> None:
     assert pick_config(2048, down).block_k == 64
     fp8_block = weight_operands(quantize_fp8(torch.randn(1, 16, 256), group=32))
     assert pick_config(256, fp8_block).block_k == 32
+    wgmma = pick_config(2048, moe_decode, wgmma=True)  # Hopper's FP8 tensor-core instruction takes 64 rows
+    assert (wgmma.block_m, wgmma.num_warps) == (64, 4)
 
 
 @triton.jit
