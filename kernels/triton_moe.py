@@ -21,6 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
 from .scaled_mm import hopper_or_newer, quantize_per_token, scaled_mm_supported
@@ -180,7 +181,7 @@ def grouped_matmul_triton(
         FORMAT=ops.format,
         GROUP=ops.group,
         FP8_MODE=mode,
-        DOT_FP32=x.device.type == "cpu",
+        DOT_FP32=not isinstance(_grouped_matmul_kernel, JITFunction),  # the interpreter's stand-in
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
@@ -274,7 +275,7 @@ def _grouped_matmul_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + ks
         a = tl.load(x_rows + k[None, :], mask=row_ok[:, None] & (k[None, :] < K), other=0.0)
-        if DOT_FP32:  # CPU tensors mean the interpreter, whose tl.dot multiplies bf16 bit patterns as integers
+        if DOT_FP32:  # the interpreter, whose tl.dot multiplies bf16 bit patterns as integers
             a = a.to(tl.float32)
         w_mask = col_ok[:, None] & (k[None, :] < K)
         if FORMAT == PLAIN or (FORMAT == FP8 and FP8_MODE > 0):  # FP8: e4m3 pointers, used as they are by W8A8
