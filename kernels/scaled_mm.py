@@ -20,9 +20,10 @@ def scaled_mm_supported(device: torch.device | str) -> bool:
     return device.type == "cuda" and _capability(device.index) >= (8, 9)
 
 
-def hopper_or_newer(device: torch.device | str) -> bool:
+def is_hopper(device: torch.device | str) -> bool:
+    """sm90 (H100, H200): the only architecture with wgmma, Triton's 64-row tensor-core tiles."""
     device = torch.device(device)
-    return device.type == "cuda" and _capability(device.index) >= (9, 0)
+    return device.type == "cuda" and _capability(device.index)[0] == 9
 
 
 @functools.cache

@@ -24,7 +24,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
-from .scaled_mm import hopper_or_newer, quantize_per_token, scaled_mm_supported
+from .scaled_mm import is_hopper, quantize_per_token, scaled_mm_supported
 
 PLAIN = tl.constexpr(0)
 FP8 = tl.constexpr(1)
@@ -83,9 +83,11 @@ def pick_config(M: int, ops: Operands, wgmma: bool = False) -> TileConfig:
     more in prefill and dense layers. BLOCK_N grows to 128 only when the grid still has several waves of programs
     for a 132-SM H100. BLOCK_K is 128 when it divides K, else 64 (704 = 11·64); masks handle any K.
 
-    `wgmma`: FP8 × FP8 on Hopper, whose FP8 tensor-core instruction (wgmma) needs 64-row tiles; Triton converts
-    both operands to fp16 for smaller ones. Compiled for sm90 (`scripts/inspect_kernels.py`), a 64×128×128 tile
-    with 4 warps takes 138 instructions per K-step against 302 at 32 rows.
+    `wgmma`: Hopper's 64-row tensor-core tiles, which the launcher asks for two formats. FP8 × FP8 needs them
+    for its FP8 instruction (Triton converts both operands to fp16 below 64 rows): compiled for sm90
+    (`scripts/inspect_kernels.py`), a 64×128×128 tile with 4 warps takes 138 instructions per K-step against
+    302 at 32 rows. NVFP4 is bound by decoding weights in registers, and 64×128×64 tiles with 4 warps issue 0.31
+    warp instructions per weight against 0.39 for 32×128×128 (static counts, not yet timed on a GPU).
     """
     rows = triton.cdiv(M, ops.num_experts)
     # Measured on an H200 (scripts/gpu/check_kernels.py): at ~16 rows per expert, BLOCK_M 32 beat 16 in 6 of the
@@ -93,7 +95,7 @@ def pick_config(M: int, ops: Operands, wgmma: bool = False) -> TileConfig:
     block_m = 32 if rows <= 32 and not wgmma else 64
     m_tiles = triton.cdiv(M, block_m) + ops.num_experts
     block_n = 128 if m_tiles * triton.cdiv(ops.N, 128) >= 512 else 64
-    block_k = 128 if ops.K % 128 == 0 else 64
+    block_k = 128 if ops.K % 128 == 0 and not (wgmma and ops.format == NVFP4.value) else 64
     if ops.group:
         block_k = fp8_block_k(block_k, ops.group)
     num_warps = 8 if block_m * block_n >= 64 * 128 and not wgmma else 4
@@ -129,6 +131,16 @@ def default_fp8_mode(device: torch.device) -> Fp8Mode:
     return "w8a8" if scaled_mm_supported(device) else "bits"
 
 
+def resolved_fp8_mode(ops: Operands, fp8_mode: Fp8Mode | None, device: torch.device) -> Fp8Mode | None:
+    return (fp8_mode or default_fp8_mode(device)) if ops.format == FP8.value else None
+
+
+def launch_config(M: int, ops: Operands, device: torch.device, fp8_mode: Fp8Mode | None = None) -> TileConfig:
+    """The tiles the launcher takes on `device` when not given any."""
+    wgmma = (resolved_fp8_mode(ops, fp8_mode, device) == "w8a8" or ops.format == NVFP4.value) and is_hopper(device)
+    return pick_config(M, ops, wgmma)
+
+
 def grouped_matmul_triton(
     x: torch.Tensor,
     weight: torch.Tensor | QuantizedWeight,
@@ -148,9 +160,9 @@ def grouped_matmul_triton(
     out = torch.empty(M, ops.N, dtype=x.dtype, device=x.device)
     if M == 0:
         return out
-    mode = FP8_MODES.index(fp8_mode or default_fp8_mode(x.device)) if ops.format == FP8.value else 0
-    w8a8 = mode == FP8_MODES.index("w8a8")
-    config = config or pick_config(M, ops, wgmma=w8a8 and hopper_or_newer(x.device))
+    mode = resolved_fp8_mode(ops, fp8_mode, x.device)
+    w8a8 = mode == "w8a8"
+    config = config or launch_config(M, ops, x.device, mode)
     if ops.group % config.block_k:
         raise ValueError(f"BLOCK_K {config.block_k} does not divide the FP8 scale group {ops.group}")
     x_scale = x  # unused unless the activations are quantized
@@ -163,7 +175,7 @@ def grouped_matmul_triton(
     _grouped_matmul_kernel[grid](
         x.contiguous(),
         x_scale,
-        ops.w.view(torch.float8_e4m3fn) if mode > 0 else ops.w,
+        ops.w.view(torch.float8_e4m3fn) if mode in ("cvt", "w8a8") else ops.w,
         ops.scale,
         ops.global_scale,
         out,
@@ -180,7 +192,7 @@ def grouped_matmul_triton(
         x_scale.stride(0),
         FORMAT=ops.format,
         GROUP=ops.group,
-        FP8_MODE=mode,
+        FP8_MODE=FP8_MODES.index(mode) if mode else 0,
         DOT_FP32=not isinstance(_grouped_matmul_kernel, JITFunction),  # the interpreter's stand-in
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -195,34 +207,46 @@ def grouped_matmul_triton(
 
 
 @triton.jit
-def e4m3_to_f16(byte):
-    """float8_e4m3fn bytes -> the same values in fp16, exactly (NaN bytes 0x7F/0xFF never occur in weights).
+def e4m3_bits_to_f16(byte):
+    """float8_e4m3fn bytes -> fp16 holding 2^-8 times their values, exactly (NaN bytes 0x7F/0xFF never occur).
 
     Sign, exponent and mantissa shift into fp16's fields. fp16's exponent bias is 8 larger and its subnormals line
     up with e4m3's, so every value, subnormals included, comes out 2^-8 times too small.
     """
     b = byte.to(tl.uint16)
-    return (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.float16, bitcast=True) * 256.0
+    return (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.float16, bitcast=True)
 
 
 @triton.jit
-def e2m1_to_f16(code):
-    """4-bit E2M1 codes (bit 3 the sign) -> fp16 [0, .5, 1, 1.5, 2, 3, 4, 6] and negatives, the same way (2^-14)."""
+def e4m3_to_f16(byte):
+    return e4m3_bits_to_f16(byte) * 256.0
+
+
+@triton.jit
+def e2m1_bits_to_f16(code):
+    """4-bit E2M1 codes (bit 3 the sign) -> fp16 holding 2^-14 times [0, .5, 1, 1.5, 2, 3, 4, 6] (and negatives),
+    the same way."""
     c = code.to(tl.uint16)
-    return (((c & 0x8) << 12) | ((c & 0x7) << 9)).to(tl.float16, bitcast=True) * 16384.0
+    return (((c & 0x8) << 12) | ((c & 0x7) << 9)).to(tl.float16, bitcast=True)
 
 
 @triton.jit
 def _load_nvfp4_tile(w_rows, s_rows, col_ok, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_N, BLOCK_K] fp16 E2M1 values times their e4m3 block scales (the global scale is left out)."""
+    """[BLOCK_N, BLOCK_K] fp16: E2M1 values times their e4m3 block scales, times 2^-8 (the kernel's epilogue
+    multiplies that back with the global scale).
+
+    The E2M1 values come out 2^-14 too small and the scales are made 2^14 · 2^-8 = 2^6 too large, which keeps
+    the per-element work to one multiply. Each product has at most 2 + 4 significant bits and lies between 2^-18
+    and 10.5: exact in fp16 (subnormal at the low end) and in bf16.
+    """
     j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     packed = tl.load(w_rows + j[None, :], mask=col_ok[:, None] & (j[None, :] < K // 2), other=0)
     codes = tl.interleave(packed & 0xF, packed >> 4)  # element 2j is the low nibble of byte j
     g = k0 // 16 + tl.arange(0, BLOCK_K // 16)  # one e4m3 scale per 16 elements
     scale_bytes = tl.load(s_rows + g[None, :], mask=col_ok[:, None] & (g[None, :] < K // 16), other=0)
-    values = tl.reshape(e2m1_to_f16(codes), (BLOCK_N, BLOCK_K // 16, 16))
-    # At most 2 · 4 significant bits, between 2^-10 and 6 · 448: exact in fp16 (and in bf16).
-    return tl.reshape(values * e4m3_to_f16(scale_bytes)[:, :, None], (BLOCK_N, BLOCK_K))
+    values = tl.reshape(e2m1_bits_to_f16(codes), (BLOCK_N, BLOCK_K // 16, 16))
+    scales = e4m3_bits_to_f16(scale_bytes) * 16384.0
+    return tl.reshape(values * scales[:, :, None], (BLOCK_N, BLOCK_K))
 
 
 @triton.jit
@@ -300,6 +324,6 @@ def _grouped_matmul_kernel(
         if W8A8:
             acc *= tl.load(x_scale_ptr + rows * stride_xs, mask=row_ok, other=0.0)[:, None]
     if FORMAT == NVFP4:
-        acc *= tl.load(global_scale_ptr + expert.to(tl.int64) * N + cols, mask=col_ok, other=0.0)[None, :]
+        acc *= tl.load(global_scale_ptr + expert.to(tl.int64) * N + cols, mask=col_ok, other=0.0)[None, :] * 256.0
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

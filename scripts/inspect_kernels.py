@@ -112,7 +112,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
 
     # The launcher picks FP8 modes and tiles from the device's capability: answer for the target instead.
     moe.scaled_mm_supported = lambda device: arch >= 89
-    moe.hopper_or_newer = lambda device: arch >= 90
+    moe.is_hopper = lambda device: arch >= 90
     bf16 = torch.bfloat16
     rows = TOKENS * TOP_K
     # Every expert gets its share of the routed rows, as in a denoising step (~16 each).

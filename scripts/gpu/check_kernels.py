@@ -52,7 +52,6 @@ from dgemma_kernels import (  # noqa: E402
 )
 from dgemma_kernels.scaled_mm import (  # noqa: E402
     fp8_linear_scaled_mm,
-    hopper_or_newer,
     quantize_per_token,
     scaled_mm_supported,
 )
@@ -60,7 +59,7 @@ from dgemma_kernels.triton_moe import (  # noqa: E402
     TileConfig,
     default_fp8_mode,
     grouped_matmul_triton,
-    pick_config,
+    launch_config,
     weight_operands,
 )
 
@@ -281,8 +280,7 @@ class Run:
         (with W8A8, the activations quantized per token); its table neighbours are timed later."""
         mode = default_fp8_mode(self.device) if isinstance(weight, Fp8Weight) else None
         ref = reference_fp32(quantized_activations(x, weight) if mode == "w8a8" else x, weight, offsets)
-        wgmma = mode == "w8a8" and hopper_or_newer(self.device)
-        config = pick_config(x.shape[0], weight_operands(weight), wgmma=wgmma)
+        config = launch_config(x.shape[0], weight_operands(weight), self.device)
         row.config = describe(config)
         out = grouped_matmul_triton(x, weight, offsets)
         row.err = rel_err(out, ref)

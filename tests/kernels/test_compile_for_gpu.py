@@ -48,3 +48,8 @@ def test_fp8_experts_use_fp8_tensor_cores(compiled):
     assert hopper["loop_ops"].get("QGMMA", 0) > 0 and ada["loop_ops"].get("QMMA", 0) > 0
     for arch, w8a8 in ((90, hopper), (89, ada)):
         assert w8a8["loop"] * 3 < loop(compiled, arch, "moe gate_up fp8 cvt")["loop"]
+
+
+def test_nvfp4_experts_use_hoppers_wide_tiles(compiled):
+    """On sm90, NVFP4 takes 64-row tiles whose decoded weights feed wgmma from shared memory."""
+    assert loop(compiled, 90, "moe gate_up nvfp4")["loop_ops"].get("HGMMA", 0) > 0

@@ -16,7 +16,7 @@ from dgemma_kernels import e2m1_table, grouped_matmul_reference, quantize_fp8, q
 from dgemma_kernels.scaled_mm import fp8_linear_scaled_mm, quantize_per_token, scaled_mm_supported  # noqa: E402
 from dgemma_kernels.triton_moe import (  # noqa: E402
     TileConfig,
-    e2m1_to_f16,
+    e2m1_bits_to_f16,
     e4m3_to_f16,
     grouped_matmul_triton,
     pick_config,
@@ -168,13 +168,16 @@ def test_block_sizes_follow_rows_per_expert() -> None:
     assert pick_config(256, fp8_block).block_k == 32
     wgmma = pick_config(2048, moe_decode, wgmma=True)  # Hopper's FP8 tensor-core instruction takes 64 rows
     assert (wgmma.block_m, wgmma.num_warps) == (64, 4)
+    nvfp4 = weight_operands(quantize_nvfp4(torch.randn(2, 64, 256)))
+    nvfp4_config = pick_config(2048, nvfp4, wgmma=True)  # the fewest instructions per decoded weight
+    assert (nvfp4_config.block_m, nvfp4_config.block_k, nvfp4_config.num_warps) == (64, 64, 4)
 
 
 @triton.jit
 def _decode_kernel(in_ptr, out_ptr, FP4: tl.constexpr):
     i = tl.arange(0, 256)
     byte = tl.load(in_ptr + i)
-    values = e2m1_to_f16(byte & 0xF) if FP4 else e4m3_to_f16(byte)
+    values = e2m1_bits_to_f16(byte & 0xF) * 16384.0 if FP4 else e4m3_to_f16(byte)
     tl.static_assert(values.dtype == tl.float16)  # the rescale must not promote to fp32
     tl.store(out_ptr + i, values)
 
