@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .moe import triton_available
+from .backend import triton_available
 
 # Switched off by scripts that time the unfused ops against the fused kernels in one process.
 enabled = True

@@ -7,25 +7,15 @@ Triton is imported only when a CUDA tensor asks for it.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from .backend import scaled_mm_supported, triton_available
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
-from .scaled_mm import fp8_linear_scaled_mm, scaled_mm_supported
+from .scaled_mm import fp8_linear_scaled_mm
 
 Weight = torch.Tensor | QuantizedWeight
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # the public name is newer than the op
-
-
-@functools.cache
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def use_triton(x: torch.Tensor, weight: Weight) -> bool:

@@ -6,34 +6,21 @@ per-channel weight is used as stored. The product runs in FP8 with both scales a
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from .backend import triton_available
 from .formats import FP8_MAX, Fp8Weight
-
-
-def scaled_mm_supported(device: torch.device | str) -> bool:
-    """FP8 `_scaled_mm` needs CUDA compute capability 8.9 (Ada) or newer."""
-    device = torch.device(device)
-    return device.type == "cuda" and _capability(device.index) >= (8, 9)
-
-
-def is_hopper(device: torch.device | str) -> bool:
-    """sm90 (H100, H200): the only architecture with wgmma, Triton's 64-row tensor-core tiles."""
-    device = torch.device(device)
-    return device.type == "cuda" and _capability(device.index)[0] == 9
-
-
-@functools.cache
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index) if torch.cuda.is_available() else (0, 0)
 
 
 def quantize_per_token(x: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (e4m3 [M, K], fp32 scale [M, G]) with x ≈ q · scale: one scale per token (G = 1), or with
-    `group`, per token and run of `group` columns (G = ceil(K / group), the last run possibly shorter)."""
+    `group`, per token and run of `group` columns (G = ceil(K / group), the last run possibly shorter).
+    On a GPU one Triton kernel; here, the PyTorch definition it follows."""
+    if x.is_cuda and triton_available() and group & (group - 1) == 0:
+        from .triton_fused import quantize_fp8_triton
+
+        return quantize_fp8_triton(x, group)
     M, K = x.shape
     group = group or K
     runs = -(-K // group)

@@ -92,6 +92,22 @@ def route_triton(scores: torch.Tensor, top_k: int, per_expert_scale: torch.Tenso
     return weights, experts
 
 
+def quantize_fp8_triton(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scaled_mm.quantize_per_token` in one pass: x [M, K] -> (e4m3 [M, K], fp32 scales [M, G]); `group` 0 (one
+    scale per token) or a power of two."""
+    flat = x.contiguous()
+    M, K = flat.shape
+    block = max(triton.next_power_of_2(K), group)
+    runs = triton.cdiv(K, group) if group else 1
+    q = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(M, runs, dtype=torch.float32, device=x.device)
+    if M:
+        _quantize_fp8_kernel[(M,)](
+            flat, q, scale, K, runs, GROUP=group or block, BLOCK=block, num_warps=max(1, min(8, block // 512))
+        )
+    return q, scale
+
+
 # -- kernels ---------------------------------------------------------------------------------------------------
 
 
@@ -230,3 +246,26 @@ def _route_kernel(
     scale = tl.load(scale_ptr + chosen, mask=valid, other=0.0).to(tl.float32)
     tl.store(weights_ptr + token * TOP_K + slots, chosen_p / total * scale, mask=valid)
     tl.store(experts_ptr + token * TOP_K + slots, chosen.to(tl.int64), mask=valid)
+
+
+@triton.jit
+def _round_to_e4m3(v):
+    """Round fp32 to the nearest e4m3 value (ties to even), staying in fp32: the cast that follows is then exact
+    on the GPU and in the interpreter, whose own casts truncate. Callers keep |v| <= 448."""
+    bits = v.to(tl.uint32, bitcast=True)  # normal e4m3 (|v| >= 2^-6): 3 mantissa bits of fp32's 23
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000).to(tl.float32, bitcast=True)
+    subnormal = (v + 24576.0) - 24576.0  # multiples of 2^-9: the ulp of 1.5 · 2^14
+    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
+
+
+@triton.jit
+def _quantize_fp8_kernel(x_ptr, q_ptr, scale_ptr, K, runs, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + row * K + cols, mask=cols < K, other=0.0).to(tl.float32)
+    groups = tl.reshape(x, (BLOCK // GROUP, GROUP))
+    scale = tl.maximum(tl.div_rn(tl.max(tl.abs(groups), axis=1), 448.0), 1.1754943508222875e-38)
+    q = tl.reshape(_round_to_e4m3(tl.div_rn(groups, scale[:, None])), (BLOCK,))
+    tl.store(q_ptr + row * K + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
+    g = tl.arange(0, BLOCK // GROUP)
+    tl.store(scale_ptr + row * runs + g, scale, mask=g < runs)

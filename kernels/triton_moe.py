@@ -23,8 +23,9 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from .backend import is_hopper, scaled_mm_supported
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
-from .scaled_mm import is_hopper, quantize_per_token, scaled_mm_supported
+from .scaled_mm import quantize_per_token
 
 PLAIN = tl.constexpr(0)
 FP8 = tl.constexpr(1)

@@ -105,6 +105,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
     from dgemma_kernels.triton_fused import (
         combine_feed_forward_triton,
         gelu_mul_triton,
+        quantize_fp8_triton,
         rms_norm_rope_triton,
         rms_norm_triton,
         route_triton,
@@ -112,7 +113,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
 
     # The launcher picks FP8 modes and tiles from the device's capability: answer for the target instead.
     moe.scaled_mm_supported = lambda device: arch >= 89
-    moe.is_hopper = lambda device: arch >= 90
+    moe.is_hopper = lambda device: arch // 10 == 9
     bf16 = torch.bfloat16
     rows = TOKENS * TOP_K
     # Every expert gets its share of the routed rows, as in a denoising step (~16 each).
@@ -146,6 +147,8 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         "feed-forward combine": lambda: combine_feed_forward_triton(h, h, h, (weight,) * 3, weight[:1], 1e-6),
         "gelu * up (experts)": lambda: gelu_mul_triton(*torch.randn(rows, 1408, dtype=bf16).chunk(2, dim=-1)),
         "route (128 experts, top 8)": lambda: route_triton(torch.randn(TOKENS, EXPERTS, dtype=bf16), TOP_K, weight),
+        "quantize fp8 per token": lambda: quantize_fp8_triton(x, 0),
+        "quantize fp8 per 128": lambda: quantize_fp8_triton(x, 128),
         "moe gate_up bf16": lambda: moe.grouped_matmul_triton(x, torch.empty(gate_up, dtype=bf16), offsets),
         "moe down bf16": lambda: moe.grouped_matmul_triton(down_x, torch.empty(down, dtype=bf16), offsets),
         "moe gate_up nvfp4": lambda: moe.grouped_matmul_triton(x, nvfp4(*gate_up), offsets),

@@ -50,11 +50,8 @@ from dgemma_kernels import (  # noqa: E402
     quantize_fp8,
     quantize_nvfp4,
 )
-from dgemma_kernels.scaled_mm import (  # noqa: E402
-    fp8_linear_scaled_mm,
-    quantize_per_token,
-    scaled_mm_supported,
-)
+from dgemma_kernels.backend import scaled_mm_supported  # noqa: E402
+from dgemma_kernels.scaled_mm import fp8_linear_scaled_mm, quantize_per_token  # noqa: E402
 from dgemma_kernels.triton_moe import (  # noqa: E402
     TileConfig,
     default_fp8_mode,

@@ -18,6 +18,7 @@ from dgemma_kernels import fused
 from dgemma_kernels.triton_fused import (
     combine_feed_forward_triton,
     gelu_mul_triton,
+    quantize_fp8_triton,
     rms_norm_rope_triton,
     rms_norm_triton,
     route_triton,
@@ -115,6 +116,27 @@ def test_route(num_experts, top_k):
     assert experts.dtype == ref_experts.dtype and torch.equal(experts, ref_experts)
     assert weights.dtype == torch.float32
     torch.testing.assert_close(weights, ref_weights, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("K", "group"), [(300, 0), (320, 128)])  # per token; per 128 columns, the last 64
+def test_quantize_fp8_matches_pytorch_bit_for_bit(K, group):
+    """The W8A8 activation quantizer against `quantize_per_token`'s PyTorch path: same scales, same bytes, through
+    zero rows, e4m3 subnormals, values too small for e4m3, and ties at both ends of the range."""
+    from dgemma_kernels.scaled_mm import quantize_per_token
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(6, K, generator=g) * torch.logspace(-4, 3, 6)[:, None]
+    x[0] = 0.0
+    x[1] = 448 * 2.0 ** -torch.linspace(0, 24, K)  # every binade from 448 down past the smallest subnormal
+    ties = torch.tensor([448.0, 1.0625, 1.1875, -1.0625, 3 * 2.0**-10, 5 * 2.0**-10, -(3 * 2.0**-10)])
+    x[2, : len(ties)] = ties  # scale exactly 1: each tie halfway between two e4m3 values
+    x[2, len(ties) :] = 0.0
+    x = x.bfloat16()
+    q, scale = quantize_fp8_triton(x, group)
+    expected_q, expected_scale = quantize_per_token(x, group)  # CPU tensors: the PyTorch definition
+    assert torch.equal(scale, expected_scale)
+    assert torch.equal(q.view(torch.uint8), expected_q.contiguous().view(torch.uint8))
+    assert q[2, 1:4].float().tolist() == [1.0, 1.25, -1.0]  # ties to even
 
 
 def test_empty_rows():

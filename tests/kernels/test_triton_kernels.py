@@ -13,7 +13,8 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 from dgemma_kernels import e2m1_table, grouped_matmul_reference, quantize_fp8, quantize_nvfp4  # noqa: E402
-from dgemma_kernels.scaled_mm import fp8_linear_scaled_mm, quantize_per_token, scaled_mm_supported  # noqa: E402
+from dgemma_kernels.backend import scaled_mm_supported  # noqa: E402
+from dgemma_kernels.scaled_mm import fp8_linear_scaled_mm, quantize_per_token  # noqa: E402
 from dgemma_kernels.triton_moe import (  # noqa: E402
     TileConfig,
     e2m1_bits_to_f16,
