@@ -21,7 +21,6 @@ from dgemma_kernels.triton_moe import (  # noqa: E402
     e4m3_to_f16,
     grouped_matmul_triton,
     pick_config,
-    tile_experts,
     weight_operands,
 )
 
@@ -151,12 +150,16 @@ def test_fp8_block_rejects_a_block_k_across_groups() -> None:
         grouped_matmul_triton(torch.randn(5, 128).bfloat16(), weight, offsets, TileConfig(16, 16, 64))
 
 
-def test_tile_map() -> None:
-    """Tiles per expert are ceil(rows / BLOCK_M); the static grid's surplus tiles map to expert E."""
-    offsets = torch.tensor([5, 5, 40, 41], dtype=torch.int32)  # 5, 0, 35, 1 rows at BLOCK_M 16: 1, 0, 3, 1 tiles
-    tile_ends, tile_expert = tile_experts(offsets, 16, 3 + 4)
-    assert tile_ends.tolist() == [1, 1, 4, 5]
-    assert tile_expert.tolist() == [0, 2, 2, 2, 3, 4, 4]
+def test_tiles_cover_every_row_of_many_uneven_experts() -> None:
+    """The kernel maps its M-tiles to experts from the offsets alone: 130 experts (not a power of two), a third of
+    them empty, some spanning several 16-row tiles. Every row must be written (the output starts as NaN)."""
+    g = torch.Generator().manual_seed(8)
+    counts = torch.randint(0, 40, (130,), generator=g) * (torch.rand(130, generator=g) > 0.33)
+    counts[0] = counts[-1] = 0
+    offsets = counts.cumsum(0).int()
+    weight = make_weight("bf16", 130, 24, 32, g)
+    x = torch.randn(int(offsets[-1]), 32, generator=g).bfloat16()
+    check_rows(grouped_matmul_triton(x, weight, offsets, TileConfig(16, 32, 32)), reference(x, weight, offsets))
 
 
 def test_block_sizes_follow_rows_per_expert() -> None:
