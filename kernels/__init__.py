@@ -12,7 +12,7 @@ from .formats import (
     quantize_nvfp4,
     unpack_nibbles,
 )
-from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope, route
+from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope, route, softcap_logits
 from .moe import grouped_matmul, grouped_matmul_reference, linear
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "rms_norm",
     "rms_norm_rope",
     "route",
+    "softcap_logits",
     "unpack_nibbles",
 ]

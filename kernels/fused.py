@@ -96,6 +96,17 @@ def route(scores: torch.Tensor, top_k: int, per_expert_scale: torch.Tensor) -> t
     return weights * per_expert_scale[experts], experts
 
 
+def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """fp32 logits, cap · tanh(logits / cap) when capped. One pass on a GPU, from the lm_head's bf16 output: the
+    PyTorch definition writes [L, V] fp32 four times (1.1 GB per 26B step)."""
+    if cap is not None and use_triton(logits):
+        from .triton_fused import softcap_logits_triton
+
+        return softcap_logits_triton(logits, cap)
+    out = logits.float()
+    return out if cap is None else out.div_(cap).tanh_().mul_(cap)  # in place: no new [L, V] tensors
+
+
 def gelu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gelu(gate) * up (tanh GELU): the gated MLPs' activation. Both 2-D or more, same shape; any row stride."""
     if use_triton(gate):

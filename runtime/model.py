@@ -24,6 +24,7 @@ from dgemma_kernels import (
     rms_norm,
     rms_norm_rope,
     route,
+    softcap_logits,
 )
 from torch import nn
 
@@ -278,8 +279,4 @@ class DiffusionGemma(nn.Module):
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
             h = layer.attention(x, cos, sin, partial(cache.decoder_kv, i))
             x = layer.feed_forward(h, layer.layer_scalar)
-        logits = F.linear(self.norm(x), self.embed_tokens.weight).float()
-        cap = self.config.final_logit_softcapping
-        if cap is not None:  # in place: three [B, L, V] passes, no new [B, L, V] tensors
-            logits.div_(cap).tanh_().mul_(cap)
-        return logits
+        return softcap_logits(F.linear(self.norm(x), self.embed_tokens.weight), self.config.final_logit_softcapping)

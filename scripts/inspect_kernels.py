@@ -109,6 +109,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         rms_norm_rope_triton,
         rms_norm_triton,
         route_triton,
+        softcap_logits_triton,
     )
 
     # The launcher picks FP8 modes and tiles from the device's capability: answer for the target instead.
@@ -147,6 +148,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         "feed-forward combine": lambda: combine_feed_forward_triton(h, h, h, (weight,) * 3, weight[:1], 1e-6),
         "gelu * up (experts)": lambda: gelu_mul_triton(*torch.randn(rows, 1408, dtype=bf16).chunk(2, dim=-1)),
         "route (128 experts, top 8)": lambda: route_triton(torch.randn(TOKENS, EXPERTS, dtype=bf16), TOP_K, weight),
+        "softcap (lm_head output)": lambda: softcap_logits_triton(torch.empty(TOKENS, 4096, dtype=bf16), 30.0),
         "quantize fp8 per token": lambda: quantize_fp8_triton(x, 0),
         "quantize fp8 per 128": lambda: quantize_fp8_triton(x, 128),
         "moe gate_up bf16": lambda: moe.grouped_matmul_triton(x, torch.empty(gate_up, dtype=bf16), offsets),

@@ -22,6 +22,7 @@ from dgemma_kernels.triton_fused import (
     rms_norm_rope_triton,
     rms_norm_triton,
     route_triton,
+    softcap_logits_triton,
 )
 
 EPS = 1e-6
@@ -137,6 +138,20 @@ def test_quantize_fp8_matches_pytorch_bit_for_bit(K, group):
     assert torch.equal(scale, expected_scale)
     assert torch.equal(q.view(torch.uint8), expected_q.contiguous().view(torch.uint8))
     assert q[2, 1:4].float().tolist() == [1.0, 1.25, -1.0]  # ties to even
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_softcap_logits(dtype):
+    """The lm_head's output to capped fp32 logits in one pass: within 4e-6 of cap · tanh(x / cap) everywhere,
+    from tiny logits (no cancellation near 0) to saturated ones (no overflow)."""
+    g = torch.Generator().manual_seed(9)
+    logits = torch.cat(
+        [randn(3, 1000, dtype=dtype, generator=g, scale=40.0), torch.tensor([[0.0, 1e-6, -1e-6, 1e4]] * 3)], 1
+    )
+    logits = logits.to(dtype)
+    out = softcap_logits_triton(logits, 30.0)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fused.softcap_logits(logits, 30.0), rtol=1e-6, atol=4e-6)
 
 
 def test_empty_rows():
