@@ -10,13 +10,16 @@ to the activation dtype between steps, as the reference computes them.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from .backend import triton_available
 
-# Switched off by scripts that time the unfused ops against the fused kernels in one process.
-enabled = True
+# DGEMMA_FUSED_KERNELS=0 keeps the PyTorch ops on a GPU too (a way around a kernel that misbehaves on some GPU);
+# scripts that time the fused kernels against the ops switch this in one process.
+enabled = os.environ.get("DGEMMA_FUSED_KERNELS", "1") != "0"
 
 
 def use_triton(x: torch.Tensor) -> bool:
