@@ -26,6 +26,20 @@ def use_triton(x: torch.Tensor) -> bool:
     return enabled and x.is_cuda and triton_available()
 
 
+def sample_step(
+    logits: torch.Tensor, temperature: float, seed: torch.Tensor, probs_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A denoising step's arithmetic over the vocabulary in one kernel, on a GPU (where `use_triton` holds).
+    logits [..., V] fp32, left unchanged; seed a device int64 [1]. Returns, per position: the argmax and the
+    entropy of softmax(logits / temperature), a sample from it (Philox noise from `seed`, as an exponential race:
+    argmax p / q, q ~ Exp(1), as torch.multinomial draws), and the self-conditioning probabilities: that softmax
+    computed from the scaled logits cast to `probs_dtype`, in `probs_dtype`. The sampler's PyTorch code
+    (`dgemma_runtime.sampler.ReferenceStep`) is the definition, and stays the path everywhere else."""
+    from .triton_fused import sample_step_triton
+
+    return sample_step_triton(logits, temperature, seed, probs_dtype)
+
+
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm in fp32 with pow(-0.5) (not rsqrt) and a plain `* w` scale, cast back to x's dtype (§2.4)."""
     xf = x.float()

@@ -117,6 +117,34 @@ def softcap_logits_triton(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return out.view(logits.shape)
 
 
+def sample_step_triton(
+    logits: torch.Tensor, temperature: float, seed: torch.Tensor, probs_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    *lead, V = logits.shape
+    flat = logits.contiguous().view(-1, V)
+    R = flat.shape[0]
+    argmax = torch.empty(R, dtype=torch.int64, device=logits.device)
+    entropy = torch.empty(R, dtype=torch.float32, device=logits.device)
+    samples = torch.empty(R, dtype=torch.int64, device=logits.device)
+    probs = torch.empty(R, V, dtype=probs_dtype, device=logits.device)
+    if R:
+        _sample_step_kernel[(R,)](
+            flat,
+            seed,
+            argmax,
+            entropy,
+            samples,
+            probs,
+            V,
+            # PyTorch on a GPU divides a tensor by a scalar as a multiplication by its fp32 reciprocal: so here.
+            float(1.0 / torch.tensor(temperature, dtype=torch.float32)),
+            ROUND_LOGITS=probs_dtype != torch.float32,
+            BLOCK=2048,
+            num_warps=8,
+        )
+    return argmax.view(lead), entropy.view(lead), samples.view(lead), probs.view(*lead, V)
+
+
 # -- kernels ---------------------------------------------------------------------------------------------------
 
 
@@ -289,3 +317,66 @@ def _softcap_kernel(x_ptr, out_ptr, n, cap, BLOCK: tl.constexpr):
     t = tl.exp(-2.0 * tl.abs(z))
     tanh = (1.0 - t) / (1.0 + t)
     tl.store(out_ptr + i, cap * tl.where(z < 0, -tanh, tanh), mask=i < n)
+
+
+@triton.jit
+def _first_max(values, index, best, best_index):
+    """Fold a block into a running (maximum, index of its first occurrence); `index` increases along the block."""
+    block_max = tl.max(values, axis=0)
+    block_index = tl.min(tl.where(values == block_max, index, 2147483647), axis=0)
+    return tl.maximum(best, block_max), tl.where(block_max > best, block_index, best_index)
+
+
+@triton.jit
+def _sample_step_kernel(
+    logits_ptr,
+    seed_ptr,
+    argmax_ptr,
+    entropy_ptr,
+    samples_ptr,
+    probs_ptr,
+    V,
+    inverse_temperature,
+    ROUND_LOGITS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * V
+    seed = tl.load(seed_ptr)
+    cols = tl.arange(0, BLOCK)
+    probs_dtype = probs_ptr.dtype.element_ty
+    # One pass: the first argmax, an online softmax (max m, sum s of e^(z-m), sum of e^(z-m)·z for the entropy),
+    # the exponential race, and the softmax of the rounded logits that self-conditioning feeds back.
+    m, s, sz = float("-inf"), 0.0, 0.0
+    best, best_index = float("-inf"), 0
+    race, race_index = float("-inf"), 0
+    m_fed, s_fed = float("-inf"), 0.0
+    for v0 in range(0, V, BLOCK):
+        v = v0 + cols
+        ok = v < V
+        z = tl.load(logits_ptr + base + v, mask=ok, other=float("-inf")) * inverse_temperature
+        best, best_index = _first_max(z, v, best, best_index)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        e = tl.where(ok, tl.exp(z - m_new), 0.0)
+        rescale = tl.exp(m - m_new)
+        s = s * rescale + tl.sum(e, axis=0)
+        sz = sz * rescale + tl.sum(e * tl.where(ok, z, 0.0), axis=0)
+        m = m_new
+        # argmax p / q with q = -log u ~ Exp(1): u = 0 gives q = inf, a key of -inf that never wins.
+        key = tl.where(ok, z - tl.log(-tl.log(tl.rand(seed, base + v))), float("-inf"))
+        race, race_index = _first_max(key, v, race, race_index)
+        if ROUND_LOGITS:
+            zr = _round(z, probs_dtype)
+            m_fed_new = tl.maximum(m_fed, tl.max(zr, axis=0))
+            s_fed = s_fed * tl.exp(m_fed - m_fed_new) + tl.sum(tl.where(ok, tl.exp(zr - m_fed_new), 0.0), axis=0)
+            m_fed = m_fed_new
+    tl.store(argmax_ptr + row, best_index.to(tl.int64))
+    tl.store(samples_ptr + row, race_index.to(tl.int64))
+    # H = -sum p log p with log p = z - m - log s
+    tl.store(entropy_ptr + row, m + tl.log(s) - sz / s)
+    for v0 in range(0, V, BLOCK):
+        v = v0 + cols
+        ok = v < V
+        z = tl.load(logits_ptr + base + v, mask=ok, other=float("-inf")) * inverse_temperature
+        p = tl.exp(_round(z, probs_dtype) - m_fed) / s_fed if ROUND_LOGITS else tl.exp(z - m) / s
+        _store(probs_ptr + base + v, p, ok)

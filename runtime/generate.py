@@ -218,7 +218,8 @@ class Engine:
             opts.max_denoising_steps,
         )
         current = sampler.random_canvas((B, L), V, generator, self.device)
-        noise_source = sampler.NoiseSource((B, L), V, generator)
+        step_kind = sampler.FusedStep if sampler.FusedStep.available(self.device) else sampler.ReferenceStep
+        step = step_kind((B, L), V, generator, self.dtype)
         argmax = current
         prev_probs: torch.Tensor | None = None  # self-conditioning input
         converged = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -229,15 +230,10 @@ class Engine:
             active = ~(converged | done)
             raw = self.decode(current, cache, prev_probs)
             clock.charge("decode")
-            # In place: `raw` is this step's own tensor (or the graph's output buffer, rewritten by each replay).
-            logits = raw.div_(sampler.temperature(remaining, N, opts.t_min, opts.t_max))
-            top, new_argmax = logits.max(dim=-1)  # argmax's first-maximum rule, at a third of its CPU time
-            probs = torch.softmax(sampler.floor_logits(logits, top), dim=-1, dtype=torch.float32)
-            sc_probs = self._self_conditioning_probs(logits, probs)
-            token_entropy = sampler.entropy_(logits, probs)  # `logits` is spent from here on
+            scored = step.score(raw, sampler.temperature(remaining, N, opts.t_min, opts.t_max))
+            new_argmax, token_entropy, sc_probs = scored.argmax, scored.entropy, scored.self_conditioning
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
-            noise = noise_source.draw()
-            nxt = sampler.renoise(accepted, sampler.sample(probs, noise, accepted), noise)
+            nxt = step.draw(accepted)
             if any_converged:
                 # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
                 frozen = converged[:, None]
@@ -276,13 +272,6 @@ class Engine:
             if all(host[5]):
                 break
         return argmax, steps, forwards
-
-    def _self_conditioning_probs(self, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """The reference feeds back the scaled logits cast to the weight dtype and softmaxes them again; in
-        float32 that is exactly `probs`, so the softmax is not repeated."""
-        if self.dtype == torch.float32:
-            return probs
-        return torch.softmax(logits.to(self.dtype), dim=-1, dtype=torch.float32).to(self.dtype)
 
     def _text_stream(self) -> TextStream | None:
         if self.tokenizer is None:

@@ -6,6 +6,9 @@ entry, q = -log1p(-u). On the CPU we draw the uniforms u (3x cheaper than q) and
 whose sample is kept (the accepted positions): the generator advances exactly as the reference's does and the
 kept samples are bit-identical.
 
+On a GPU with Triton (and DGEMMA_FUSED_KERNELS not 0), `FusedStep` does a step's vocabulary-wide arithmetic
+in one kernel with its own Philox noise; `ReferenceStep` is the reference's arithmetic and draws, bit for bit.
+
 Axes: B batch, L canvas, V vocab.
 """
 
@@ -15,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from dgemma_kernels import fused
 
 
 @dataclass(frozen=True)
@@ -108,3 +112,68 @@ def renoise(accepted: torch.Tensor, candidates: torch.Tensor, noise: StepNoise) 
 def is_confident(token_entropy: torch.Tensor, threshold: float) -> torch.Tensor:
     """Mean entropy over the whole canvas below the threshold. [B] bool."""
     return token_entropy.mean(dim=-1) < threshold
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a step takes from the decoder's logits [B, L, V]."""
+
+    argmax: torch.Tensor  # [B, L], the first maximum
+    entropy: torch.Tensor  # [B, L]
+    self_conditioning: torch.Tensor  # [B, L, V]: the probabilities fed back to the next step
+
+
+class ReferenceStep:
+    """The reference's step: softmax, entropy, acceptance, then a sample of the accepted positions from the
+    generator's noise, in the reference's order of draws."""
+
+    def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator, dtype: torch.dtype) -> None:
+        self.noise = NoiseSource(shape, vocab, generator)
+        self.dtype = dtype  # the weights': the reference feeds back probabilities in it
+        self.probs: torch.Tensor | None = None
+
+    def score(self, raw: torch.Tensor, temperature: torch.Tensor) -> Scored:
+        # In place: `raw` is this step's own tensor (or the graph's output buffer, rewritten by each replay).
+        logits = raw.div_(temperature)
+        top, argmax = logits.max(dim=-1)  # argmax's first-maximum rule, at a third of its CPU time
+        self.probs = torch.softmax(floor_logits(logits, top), dim=-1, dtype=torch.float32)
+        fed = self._fed_back(logits, self.probs)
+        return Scored(argmax, entropy_(logits, self.probs), fed)  # `logits` is spent from here on
+
+    def draw(self, accepted: torch.Tensor) -> torch.Tensor:
+        assert self.probs is not None
+        noise = self.noise.draw()
+        return renoise(accepted, sample(self.probs, noise, accepted), noise)
+
+    def _fed_back(self, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """The reference feeds back the scaled logits cast to the weight dtype and softmaxes them again; in
+        float32 that is exactly `probs`, so the softmax is not repeated."""
+        if self.dtype == torch.float32:
+            return probs
+        return torch.softmax(logits.to(self.dtype), dim=-1, dtype=torch.float32).to(self.dtype)
+
+
+class FusedStep:
+    """The same step in one Triton kernel that reads the logits twice and writes only the fed-back
+    probabilities (`dgemma_kernels.fused.sample_step`): the reference's PyTorch ops make ~5 GB of [B, L, V]
+    traffic per 26B step. It samples every position before acceptance, from Philox noise seeded by one draw of
+    the generator per step: reproducible under a seed, but not the reference's stream (which a GPU's
+    `multinomial` never followed either)."""
+
+    def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator, dtype: torch.dtype) -> None:
+        self.shape, self.vocab, self.generator, self.dtype = shape, vocab, generator, dtype
+        self.samples: torch.Tensor | None = None
+
+    @staticmethod
+    def available(device: torch.device) -> bool:
+        return fused.use_triton(torch.empty(0, device=device))
+
+    def score(self, raw: torch.Tensor, temperature: torch.Tensor) -> Scored:
+        seed = torch.randint(0, 2**62, (1,), generator=self.generator, device=raw.device)
+        argmax, entropy, self.samples, fed = fused.sample_step(raw, float(temperature), seed, self.dtype)
+        return Scored(argmax, entropy, fed)
+
+    def draw(self, accepted: torch.Tensor) -> torch.Tensor:
+        assert self.samples is not None
+        fresh = random_canvas(self.shape, self.vocab, self.generator, accepted.device)
+        return torch.where(accepted, self.samples, fresh)

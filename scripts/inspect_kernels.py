@@ -109,6 +109,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         rms_norm_rope_triton,
         rms_norm_triton,
         route_triton,
+        sample_step_triton,
         softcap_logits_triton,
     )
 
@@ -149,6 +150,9 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         "gelu * up (experts)": lambda: gelu_mul_triton(*torch.randn(rows, 1408, dtype=bf16).chunk(2, dim=-1)),
         "route (128 experts, top 8)": lambda: route_triton(torch.randn(TOKENS, EXPERTS, dtype=bf16), TOP_K, weight),
         "softcap (lm_head output)": lambda: softcap_logits_triton(torch.empty(TOKENS, 4096, dtype=bf16), 30.0),
+        "sample step (bf16 fed back)": lambda: sample_step_triton(
+            torch.empty(TOKENS, 262144), 0.8, torch.ones(1, dtype=torch.int64), bf16
+        ),
         "quantize fp8 per token": lambda: quantize_fp8_triton(x, 0),
         "quantize fp8 per 128": lambda: quantize_fp8_triton(x, 128),
         "moe gate_up bf16": lambda: moe.grouped_matmul_triton(x, torch.empty(gate_up, dtype=bf16), offsets),

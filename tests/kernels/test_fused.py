@@ -22,6 +22,7 @@ from dgemma_kernels.triton_fused import (
     rms_norm_rope_triton,
     rms_norm_triton,
     route_triton,
+    sample_step_triton,
     softcap_logits_triton,
 )
 
@@ -152,6 +153,42 @@ def test_softcap_logits(dtype):
     out = softcap_logits_triton(logits, 30.0)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, fused.softcap_logits(logits, 30.0), rtol=1e-6, atol=4e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_step_matches_the_reference_arithmetic(dtype):
+    """Argmax, entropy and fed-back probabilities against the sampler's PyTorch step (`ReferenceStep`), with ties
+    for the argmax's first-maximum rule and a vocabulary that is not a multiple of the kernel's block."""
+    from dgemma_runtime.sampler import ReferenceStep
+
+    g = torch.Generator().manual_seed(10)
+    raw = torch.randn(2, 3, 5000, generator=g) * 4
+    raw[0, 0, [7, 4000]] = 50.0  # two equal maxima: the first wins
+    temperature = torch.tensor(0.7)
+    argmax, entropy, samples, fed = sample_step_triton(raw, float(temperature), torch.tensor([1]), dtype)
+    reference = ReferenceStep((2, 3), 5000, g, dtype).score(raw.clone(), temperature)
+    assert torch.equal(argmax, reference.argmax) and argmax[0, 0] == 7
+    torch.testing.assert_close(entropy, reference.entropy, rtol=1e-5, atol=1e-5)
+    assert fed.dtype == dtype
+    torch.testing.assert_close(fed.float(), reference.self_conditioning.float(), rtol=2e-3, atol=1e-7)
+    assert samples.shape == (2, 3) and ((samples >= 0) & (samples < 5000)).all()
+
+
+def test_sample_step_draws_from_the_softmax():
+    """500 positions with one distribution over four tokens (the rest impossible): the counts must match
+    p = (.1, .2, .3, .4) within 5 standard deviations; the same seed repeats them, another does not."""
+    rows, V = 500, 40
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    raw = torch.full((rows, V), -1e4)
+    raw[:, [3, 11, 22, 39]] = p.log()
+    seed = torch.tensor([2024])
+    _, _, samples, _ = sample_step_triton(raw, 1.0, seed, torch.float32)
+    counts = torch.stack([(samples == t).sum() for t in (3, 11, 22, 39)]).double()
+    assert counts.sum() == rows  # never an impossible token
+    expected = rows * p.double()
+    assert ((counts - expected).abs() <= 5 * (expected * (1 - p.double())).sqrt()).all(), counts
+    assert torch.equal(sample_step_triton(raw[:50], 1.0, seed, torch.float32)[2], samples[:50])
+    assert not torch.equal(sample_step_triton(raw[:50], 1.0, torch.tensor([7]), torch.float32)[2], samples[:50])
 
 
 def test_empty_rows():
