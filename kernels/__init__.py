@@ -13,7 +13,7 @@ from .formats import (
     unpack_nibbles,
 )
 from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope, route, softcap_logits
-from .moe import grouped_matmul, grouped_matmul_reference, linear
+from .moe import experts_forward, grouped_matmul, grouped_matmul_reference, linear
 
 __all__ = [
     "E2M1_VALUES",
@@ -23,6 +23,7 @@ __all__ = [
     "add_rms_norm",
     "combine_feed_forward",
     "e2m1_table",
+    "experts_forward",
     "gelu_mul",
     "grouped_matmul",
     "grouped_matmul_reference",

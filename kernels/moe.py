@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import fused
 from .backend import scaled_mm_supported, triton_available
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
+from .fused import gelu_mul
 from .scaled_mm import fp8_linear_scaled_mm
 
 Weight = torch.Tensor | QuantizedWeight
@@ -55,6 +57,44 @@ def grouped_matmul(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> to
 
         return grouped_matmul_triton(x, weight, offsets)
     return grouped_matmul_reference(x, weight, offsets)
+
+
+def experts_forward(
+    x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: Weight, down: Weight
+) -> torch.Tensor:
+    """An MoE's experts: x [T, H], routing weights (fp32) and expert ids [T, top_k] -> [T, H]. Each expert runs
+    once over its tokens: the (token, k) pairs, sorted by expert, feed one grouped product per projection, and
+    each token sums its top_k outputs, weighted.
+
+    On a GPU the Triton kernel reads the tokens' rows through the sort and writes each weighted output back in
+    pair order (no sorted copies of the activations, no scatter), for bf16 weights too: measured on an H200 the
+    kernel beat `grouped_mm` there (gate_up 303 vs 342 µs, down 171 vs 205 µs). Elsewhere, the reference's own
+    sequence of operations."""
+    T, K = experts.shape
+    flat = experts.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    # Counted by scatter, not bincount: bincount reads the max id back to the host, a sync on a GPU.
+    counts = torch.zeros(gate_up.shape[0], dtype=torch.int32, device=x.device)
+    counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+    if fused.use_triton(x) and all(_triton_reads(w) for w in (gate_up, down)):
+        from .triton_moe import grouped_matmul_triton
+
+        gate, up = grouped_matmul_triton(x, gate_up, offsets, gather=(order, K)).chunk(2, dim=-1)
+        pairs = grouped_matmul_triton(gelu_mul(gate, up), down, offsets, scatter=(order, weights.reshape(-1)))
+        return pairs.view(T, K, -1).sum(1)
+    token = order // K
+    gate, up = grouped_matmul(x[token], gate_up, offsets).chunk(2, dim=-1)
+    y = grouped_matmul(gelu_mul(gate, up), down, offsets)
+    y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference
+    return torch.zeros_like(x).index_add_(0, token, y)
+
+
+def _triton_reads(weight: Weight) -> bool:
+    """FP8 and NVFP4, and half-precision plain weights (fp32 ones keep PyTorch's exact fp32 products)."""
+    if isinstance(weight, QuantizedWeight):
+        return isinstance(weight, Fp8Weight | Nvfp4Weight)
+    return weight.dtype in (torch.bfloat16, torch.float16)
 
 
 def linear(x: torch.Tensor, weight: Weight) -> torch.Tensor:

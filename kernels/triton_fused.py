@@ -149,7 +149,7 @@ def sample_step_triton(
 
 
 @triton.jit
-def _round(v, dtype: tl.constexpr):
+def rounded(v, dtype: tl.constexpr):
     """fp32 -> the activation dtype -> fp32: where the PyTorch definition stores a tensor.
 
     bf16 is rounded to nearest-even by hand, as the GPU's cast does: the Triton interpreter (the CPU tests)
@@ -163,9 +163,9 @@ def _round(v, dtype: tl.constexpr):
 
 
 @triton.jit
-def _store(ptrs, v, mask):
-    """Store fp32 `v` in the pointer's dtype, rounded as `_round` does."""
-    tl.store(ptrs, _round(v, ptrs.dtype.element_ty).to(ptrs.dtype.element_ty), mask=mask)
+def store_rounded(ptrs, v, mask):
+    """Store fp32 `v` in the pointer's dtype, rounded as `rounded` does."""
+    tl.store(ptrs, rounded(v, ptrs.dtype.element_ty).to(ptrs.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -177,7 +177,7 @@ def _inverse_rms(x, D, eps):
 @triton.jit
 def _normalized(x, w_ptr, cols, ok, D, eps, dtype: tl.constexpr):
     """RMSNorm of one fp32 row times its weight, rounded to `dtype` (as a tensor of that dtype holds it)."""
-    return _round(x * _inverse_rms(x, D, eps) * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), dtype)
+    return rounded(x * _inverse_rms(x, D, eps) * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), dtype)
 
 
 @triton.jit
@@ -191,8 +191,8 @@ def _rms_norm_kernel(
     x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
     y = _normalized(x, w_ptr, cols, ok, D, eps, dtype) if HAS_WEIGHT else x * _inverse_rms(x, D, eps)
     if HAS_RESIDUAL:
-        y = tl.load(res_ptr + row + cols, mask=ok, other=0.0).to(tl.float32) + _round(y, dtype)
-    _store(out_ptr + row + cols, y, ok)
+        y = tl.load(res_ptr + row + cols, mask=ok, other=0.0).to(tl.float32) + rounded(y, dtype)
+    store_rounded(out_ptr + row + cols, y, ok)
 
 
 @triton.jit
@@ -205,17 +205,17 @@ def _rms_norm_rope_kernel(x_ptr, out_ptr, D, eps, w_ptr, cos_ptr, sin_ptr, heads
     dtype = out_ptr.dtype.element_ty
     x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
     inv = _inverse_rms(x, D, eps)
-    normed = _round(x * inv * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), dtype)
+    normed = rounded(x * inv * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), dtype)
     # Rotate-half: element c pairs with c ± D/2; read the partner again rather than permute registers.
     half = D // 2
     partner = tl.where(cols < half, cols + half, cols - half)
     xp = tl.load(x_ptr + row + partner, mask=ok, other=0.0).to(tl.float32)
-    partner_normed = _round(xp * inv * tl.load(w_ptr + partner, mask=ok, other=0.0).to(tl.float32), dtype)
+    partner_normed = rounded(xp * inv * tl.load(w_ptr + partner, mask=ok, other=0.0).to(tl.float32), dtype)
     rotated = tl.where(cols < half, -partner_normed, partner_normed)
     cos = tl.load(cos_ptr + position * D + cols, mask=ok, other=0.0).to(tl.float32)
     sin = tl.load(sin_ptr + position * D + cols, mask=ok, other=0.0).to(tl.float32)
-    y = _round(normed * cos, dtype) + _round(rotated * sin, dtype)
-    _store(out_ptr + row + cols, y, ok)
+    y = rounded(normed * cos, dtype) + rounded(rotated * sin, dtype)
+    store_rounded(out_ptr + row + cols, y, ok)
 
 
 @triton.jit
@@ -228,13 +228,13 @@ def _combine_feed_forward_kernel(
     dtype = out_ptr.dtype.element_ty
     dense = tl.load(dense_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
     moe = tl.load(moe_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
-    both = _round(
+    both = rounded(
         _normalized(dense, w_dense_ptr, cols, ok, D, eps, dtype) + _normalized(moe, w_moe_ptr, cols, ok, D, eps, dtype),
         dtype,
     )
     h = tl.load(h_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
-    y = _round(h + _normalized(both, w_out_ptr, cols, ok, D, eps, dtype), dtype)
-    _store(out_ptr + row + cols, y * tl.load(scalar_ptr).to(tl.float32), ok)
+    y = rounded(h + _normalized(both, w_out_ptr, cols, ok, D, eps, dtype), dtype)
+    store_rounded(out_ptr + row + cols, y * tl.load(scalar_ptr).to(tl.float32), ok)
 
 
 @triton.jit
@@ -248,7 +248,7 @@ def _gelu_mul_kernel(gate_ptr, up_ptr, out_ptr, N, stride_gate, stride_up, BLOCK
     # tanh GELU, 0.5·g·(1 + tanh z) = g / (1 + exp(-2z)): no cancellation, and exp overflow gives -0.
     z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
     gelu = g / (1.0 + tl.exp(-2.0 * z))
-    _store(out_ptr + row * N + cols, _round(gelu, dtype) * u, ok)
+    store_rounded(out_ptr + row * N + cols, rounded(gelu, dtype) * u, ok)
 
 
 @triton.jit
@@ -366,7 +366,7 @@ def _sample_step_kernel(
         key = tl.where(ok, z - tl.log(-tl.log(tl.rand(seed, base + v))), float("-inf"))
         race, race_index = _first_max(key, v, race, race_index)
         if ROUND_LOGITS:
-            zr = _round(z, probs_dtype)
+            zr = rounded(z, probs_dtype)
             m_fed_new = tl.maximum(m_fed, tl.max(zr, axis=0))
             s_fed = s_fed * tl.exp(m_fed - m_fed_new) + tl.sum(tl.where(ok, tl.exp(zr - m_fed_new), 0.0), axis=0)
             m_fed = m_fed_new
@@ -378,5 +378,5 @@ def _sample_step_kernel(
         v = v0 + cols
         ok = v < V
         z = tl.load(logits_ptr + base + v, mask=ok, other=float("-inf")) * inverse_temperature
-        p = tl.exp(_round(z, probs_dtype) - m_fed) / s_fed if ROUND_LOGITS else tl.exp(z - m) / s
-        _store(probs_ptr + base + v, p, ok)
+        p = tl.exp(rounded(z, probs_dtype) - m_fed) / s_fed if ROUND_LOGITS else tl.exp(z - m) / s
+        store_rounded(probs_ptr + base + v, p, ok)

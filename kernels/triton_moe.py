@@ -26,6 +26,7 @@ from triton.runtime.jit import JITFunction
 from .backend import is_hopper, scaled_mm_supported
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
 from .scaled_mm import quantize_per_token
+from .triton_fused import store_rounded
 
 PLAIN = tl.constexpr(0)
 FP8 = tl.constexpr(1)
@@ -140,14 +141,20 @@ def grouped_matmul_triton(
     offsets: torch.Tensor,
     config: TileConfig | None = None,
     fp8_mode: Fp8Mode | None = None,
+    gather: tuple[torch.Tensor, int] | None = None,
+    scatter: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """x [M, K] rows sorted by expert, weight [E, N, K] (or [N, K]), offsets [E] cumulative row ends -> [M, N].
 
     Rows past offsets[-1] are left unwritten, as in `F.grouped_mm`. `fp8_mode` picks how FP8 weights are used
-    (see `Fp8Mode`); the default follows the device.
+    (see `Fp8Mode`); the default follows the device. For an MoE, whose sorted row r is the (token, k) pair
+    order[r] (flat index token·top_k + k), the sort can stay out of memory on either side:
+    - gather=(order, top_k): x holds one row per token, and row r reads x[order[r] // top_k];
+    - scatter=(order, weights): the product of row r, times weights[order[r]] (fp32), goes to output row
+      order[r]: the output is in pair order, ready for a sum over k.
     """
     ops = weight_operands(weight)
-    M = x.shape[0]
+    M = x.shape[0] if gather is None else gather[0].shape[0]
     if x.shape[1] != ops.K or offsets.shape != (ops.num_experts,):
         raise ValueError(f"x {list(x.shape)} and offsets {list(offsets.shape)} do not fit a weight {weight.shape}")
     out = torch.empty(M, ops.N, dtype=x.dtype, device=x.device)
@@ -164,9 +171,13 @@ def grouped_matmul_triton(
     # Each expert may leave one partial tile, so ceil(M / BLOCK_M) + E tiles always suffice.
     max_tiles = triton.cdiv(M, config.block_m) + ops.num_experts
     grid = (max_tiles, triton.cdiv(ops.N, config.block_n))
+    order = gather[0] if gather is not None else scatter[0] if scatter is not None else offsets
     _grouped_matmul_kernel[grid](
         x.contiguous(),
         x_scale,
+        order,
+        scatter[1] if scatter is not None else x_scale,
+        gather[1] if gather is not None else 1,
         ops.w.view(torch.float8_e4m3fn) if mode in ("cvt", "w8a8") else ops.w,
         ops.scale,
         ops.global_scale,
@@ -188,6 +199,8 @@ def grouped_matmul_triton(
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         BLOCK_E=triton.next_power_of_2(ops.num_experts),
+        GATHER=gather is not None,
+        SCATTER=scatter is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -244,6 +257,9 @@ def _load_nvfp4_tile(w_rows, s_rows, col_ok, k0, K, BLOCK_N: tl.constexpr, BLOCK
 def _grouped_matmul_kernel(
     x_ptr,
     x_scale_ptr,
+    order_ptr,
+    pair_weights_ptr,
+    top_k,
     w_ptr,
     scale_ptr,
     global_scale_ptr,
@@ -265,6 +281,8 @@ def _grouped_matmul_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    GATHER: tl.constexpr,
+    SCATTER: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -287,7 +305,9 @@ def _grouped_matmul_kernel(
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
 
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
+    pairs = tl.load(order_ptr + rows, mask=row_ok, other=0) if GATHER or SCATTER else rows
+    x_index = pairs // top_k if GATHER else rows  # the token whose activations row r multiplies
+    x_rows = x_ptr + x_index.to(tl.int64)[:, None] * K
     w_rows = w_ptr + expert.to(tl.int64) * stride_we + cols[:, None] * stride_wn
     s_rows = scale_ptr + expert.to(tl.int64) * stride_se + cols * stride_sn
 
@@ -311,7 +331,7 @@ def _grouped_matmul_kernel(
             # and with W8A8 one per row for the activations of that group.
             s = tl.load(s_rows + k0 // GROUP, mask=col_ok, other=0.0)[None, :]
             if W8A8:
-                s = s * tl.load(x_scale_ptr + rows * stride_xs + k0 // GROUP, mask=row_ok, other=0.0)[:, None]
+                s = s * tl.load(x_scale_ptr + x_index * stride_xs + k0 // GROUP, mask=row_ok, other=0.0)[:, None]
             acc += tl.dot(a, b) * s
         else:
             acc = tl.dot(a, b, acc)
@@ -319,8 +339,12 @@ def _grouped_matmul_kernel(
     if FORMAT == FP8 and GROUP == 0:
         acc *= tl.load(s_rows, mask=col_ok, other=0.0)[None, :]
         if W8A8:
-            acc *= tl.load(x_scale_ptr + rows * stride_xs, mask=row_ok, other=0.0)[:, None]
+            acc *= tl.load(x_scale_ptr + x_index * stride_xs, mask=row_ok, other=0.0)[:, None]
     if FORMAT == NVFP4:
         acc *= tl.load(global_scale_ptr + expert.to(tl.int64) * N + cols, mask=col_ok, other=0.0)[None, :] * 256.0
-    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    out_rows = rows
+    if SCATTER:
+        acc *= tl.load(pair_weights_ptr + pairs, mask=row_ok, other=0.0)[:, None]
+        out_rows = pairs
+    out_ptrs = out_ptr + out_rows.to(tl.int64)[:, None] * N + cols[None, :]
+    store_rounded(out_ptrs, acc, row_ok[:, None] & col_ok[None, :])  # rounded as a GPU does, in the interpreter too

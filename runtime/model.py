@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from dgemma_kernels import (
     add_rms_norm,
     combine_feed_forward,
+    experts_forward,
     gelu_mul,
-    grouped_matmul,
     linear,
     rms_norm,
     rms_norm_rope,
@@ -135,20 +135,8 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, H, Ie))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """Each expert runs once over the tokens routed to it: (token, k) pairs sorted by expert feed one
-        grouped matmul per projection. x [N, H], weights/experts [N, K] -> [N, H]."""
-        K = experts.shape[1]
-        flat = experts.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        token = order // K
-        # Counted by scatter, not bincount: bincount reads the max id back to the host, a sync on a GPU.
-        counts = torch.zeros(self.gate_up_proj.shape[0], dtype=torch.int32, device=x.device)
-        counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        offsets = torch.cumsum(counts, 0, dtype=torch.int32)
-        gate, up = grouped_matmul(x[token], self.gate_up_proj, offsets).chunk(2, dim=-1)
-        y = grouped_matmul(gelu_mul(gate, up), self.down_proj, offsets)
-        y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference
-        return torch.zeros_like(x).index_add_(0, token, y)
+        """x [N, H], routing weights/expert ids [N, K] -> [N, H] (see `dgemma_kernels.experts_forward`)."""
+        return experts_forward(x, weights, experts, self.gate_up_proj, self.down_proj)
 
 
 class Layer(nn.Module):

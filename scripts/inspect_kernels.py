@@ -101,7 +101,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
     """The launches of one 26B decoder layer in a denoising step (and the block-scaled FP8 dense product), as the
     runtime makes them on a GPU of this architecture. Weights are uninitialised: only shapes and layouts matter."""
     import dgemma_kernels.triton_moe as moe
-    from dgemma_kernels import Fp8Weight, Nvfp4Weight
+    from dgemma_kernels import Fp8Weight, Nvfp4Weight, experts_forward, fused
     from dgemma_kernels.triton_fused import (
         combine_feed_forward_triton,
         gelu_mul_triton,
@@ -114,6 +114,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
     )
 
     # The launcher picks FP8 modes and tiles from the device's capability: answer for the target instead.
+    fused.use_triton = lambda tensor: True  # the CPU tensors stand for CUDA ones
     moe.scaled_mm_supported = lambda device: arch >= 89
     moe.is_hopper = lambda device: arch // 10 == 9
     bf16 = torch.bfloat16
@@ -163,6 +164,19 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
             h[0], fp8(4224, HIDDEN, group=128), torch.tensor([TOKENS], dtype=torch.int32)
         ),
     }
+    # Whole MoE layers as the runtime runs them: the token rows gathered and the weighted pairs scattered by the
+    # kernel itself, with gelu * up and (FP8) the activation quantizer between.
+    routes = torch.rand(TOKENS, EXPERTS).topk(TOP_K).indices
+    route_weights = torch.rand(TOKENS, TOP_K)
+    formats = {
+        "bf16": lambda shape: torch.empty(shape, dtype=bf16),
+        "fp8": lambda shape: fp8(*shape),
+        "nvfp4": lambda shape: nvfp4(*shape),
+    }
+    for name, make in formats.items():
+        table[f"experts {name} (runtime)"] = lambda make=make: experts_forward(
+            h[0], route_weights, routes, make(gate_up), make(down)
+        )
     for mode in moe.FP8_MODES:
         if mode != "bits" and arch < 89:
             continue

@@ -221,6 +221,7 @@ def test_decoder_with_fused_kernels_matches_pytorch(monkeypatch, tmp_path):
     unfused = logits()
     monkeypatch.setattr(fused, "use_triton", lambda x: True)
     fused_logits = logits()
-    # Bit-identical here; the bound leaves room for a rare rounding flip, not for a misrouted argument (the
-    # dense and MoE branches swapped at the kernel call: 0.42).
-    assert ((fused_logits - unfused).abs().max() / unfused.abs().max()).item() < 1e-3
+    # The experts' fused path rounds their output once (weighted and summed over k in fp32) where the reference
+    # rounds three times: 0.75% apart at most here. A misrouted argument is far off (the dense and MoE branches
+    # swapped at the combine kernel's call: 42%).
+    assert ((fused_logits - unfused).abs().max() / unfused.abs().max()).item() < 2e-2

@@ -143,6 +143,46 @@ def test_fp8_w8a8_matches_the_quantized_activations(fmt: str, K: int) -> None:
     check_rows(out, reference(x_used, weight, offsets))
 
 
+def routed(tokens: int, top_k: int, num_experts: int, g: torch.Generator):
+    """A router's output, sorted: (token, k) pair order by expert, the experts' cumulative row ends, weights."""
+    experts = torch.rand(tokens, num_experts, generator=g).topk(top_k).indices
+    order = torch.argsort(experts.reshape(-1), stable=True)
+    offsets = torch.bincount(experts.reshape(-1), minlength=num_experts).cumsum(0).int()
+    return order, offsets, torch.rand(tokens * top_k, generator=g)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8-block", "nvfp4"])
+def test_gather_reads_token_rows_through_the_sort(fmt: str) -> None:
+    g = torch.Generator().manual_seed(9)
+    tokens, top_k, E = 13, 3, 5
+    order, offsets, _ = routed(tokens, top_k, E, g)
+    weight = make_weight(fmt, E, 40, 256, g)
+    x = torch.randn(tokens, 256, generator=g).bfloat16()
+    out = grouped_matmul_triton(x, weight, offsets, gather=(order, top_k))
+    assert torch.equal(out, grouped_matmul_triton(x[order // top_k], weight, offsets))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8-channel"])
+def test_scatter_writes_weighted_rows_in_pair_order(fmt: str) -> None:
+    g = torch.Generator().manual_seed(10)
+    tokens, top_k, E = 13, 3, 5
+    order, offsets, pair_weights = routed(tokens, top_k, E, g)
+    weight = make_weight(fmt, E, 40, 96, g)
+    h = torch.randn(tokens * top_k, 96, generator=g).bfloat16()  # rows already sorted by expert
+    out = grouped_matmul_triton(h, weight, offsets, scatter=(order, pair_weights))
+    check_rows(out[order], reference(h, weight, offsets) * pair_weights[order, None])
+
+
+def test_w8a8_gathers_the_scales_with_the_rows() -> None:
+    g = torch.Generator().manual_seed(11)
+    tokens, top_k, E, K = 11, 2, 4, 320
+    order, offsets, _ = routed(tokens, top_k, E, g)
+    weight = make_weight("fp8-block", E, 24, K, g)
+    x = torch.randn(tokens, K, generator=g).bfloat16() * torch.logspace(-2, 2, tokens)[:, None].bfloat16()
+    out = grouped_matmul_triton(x, weight, offsets, fp8_mode="w8a8", gather=(order, top_k))
+    assert torch.equal(out, grouped_matmul_triton(x[order // top_k], weight, offsets, fp8_mode="w8a8"))
+
+
 def test_fp8_block_rejects_a_block_k_across_groups() -> None:
     weight = quantize_fp8(torch.randn(2, 16, 128), group=32)
     offsets = torch.tensor([3, 5], dtype=torch.int32)
