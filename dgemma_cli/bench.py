@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from dgemma_kernels.backend import describe as describe_kernels
 from dgemma_runtime import CanvasEvent, Engine, FinalEvent, GenerationOptions, GenerationStats, Message, StepEvent
 from rich.console import Console
 from rich.table import Table
@@ -48,6 +49,7 @@ class BenchReport:
     device: str
     dtype: str
     quantization: str
+    kernels: str  # which kernels ran, and how FP8 weights met the activations
     weight_bytes: dict[str, int]  # by storage format, as the engine holds them
     runs: list[RunResult] = field(default_factory=list)
     peak_gpu_bytes: int = 0
@@ -63,6 +65,7 @@ class BenchReport:
             "device": self.device,
             "dtype": self.dtype,
             "quantization": self.quantization,
+            "kernels": self.kernels,
             "weight_bytes": self.weight_bytes,
             "runs": [asdict(r) for r in self.runs],
             "median": self.medians(),
@@ -129,6 +132,7 @@ def bench(
         device=str(engine.device),
         dtype=str(engine.dtype).removeprefix("torch."),
         quantization=quantization(model.folder, weights),
+        kernels=describe_kernels(engine.device, weights),
         weight_bytes=weights,
     )
     for i in range(runs):
@@ -166,6 +170,7 @@ def render(report: BenchReport, console: Console) -> None:
         table.add_row(label, *(form.format(v * scale) for v in values))
     console.print(table)
     console.print(f"quantization: {report.quantization}")
+    console.print(f"kernels: {report.kernels}")
     console.print(f"weights: {weight_breakdown(report.weight_bytes)}")
     memory = f"peak memory: process {report.peak_process_bytes / 1e6:.0f} MB"
     if report.peak_gpu_bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from dgemma_kernels.backend import describe as describe_kernels
 from dgemma_runtime import Engine, TextConfig, load_config
 from dgemma_runtime.cache import cache_bytes, step_workspace_bytes
 from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, SAFETENSORS_DTYPES, detect_scheme
@@ -81,6 +82,7 @@ def loaded_facts(engine: Engine, folder: Path) -> list[tuple[str, str]]:
     """What `run --verbose` adds to the statistics: the quantization in use and the memory the model takes."""
     weights = engine.weight_memory()
     facts = [("quantization", quantization(folder, weights)), ("weights", weight_breakdown(weights))]
+    facts.append(("kernels", describe_kernels(engine.device, weights)))
     if engine.device.type == "cuda":
         facts.append(("peak GPU memory", human(torch.cuda.max_memory_allocated(engine.device))))
     return facts

@@ -29,6 +29,7 @@ def test_every_run_reports_consistent_rates(report):
 
 def test_the_report_states_quantization_and_weight_memory(report):
     assert report["quantization"] == "none (float32)"
+    assert report["kernels"] == "PyTorch (CPU)"
     assert set(report["weight_bytes"]) == {"float32"} and report["weight_bytes"]["float32"] > 0
 
 

@@ -98,4 +98,5 @@ def test_verbose_puts_the_statistics_on_stderr(oneshot, as_json):
     assert f"decoder forwards:     {stats['decoder_forwards']}\n" in result.stderr
     assert f"tokens per forward:   {stats['tokens_per_forward']:.2f}\n" in result.stderr
     assert "quantization:         none (float32)\n" in result.stderr
+    assert re.search(r"^kernels: +PyTorch \(CPU\)$", result.stderr, flags=re.MULTILINE), result.stderr
     assert re.search(r"^weights: +[\d.]+ [KMG]B float32$", result.stderr, flags=re.MULTILINE), result.stderr

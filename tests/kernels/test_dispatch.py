@@ -73,3 +73,20 @@ def test_experts_on_a_gpu_gather_and_scatter_in_the_kernel(monkeypatch):
         assert out.dtype == x.dtype and out.shape == (T, H)
         # The fused path rounds once (weighted in fp32, summed over k in fp32); the reference rounds thrice.
         assert ((out.float() - expected.float()).norm() / expected.float().norm()).item() < 1e-2
+
+
+def test_reports_say_which_kernels_run_and_how_fp8_is_multiplied(monkeypatch):
+    from dgemma_kernels import backend, fused
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert backend.describe(cpu, ["float32"]) == "PyTorch (CPU)"
+    assert backend.describe(cpu, ["fp8", "bfloat16"]) == "PyTorch (CPU); FP8 weights widened (W8A16)"
+    monkeypatch.setattr(backend, "triton_available", lambda: True)
+    monkeypatch.setattr(backend, "_capability", lambda index: (9, 0))
+    assert backend.describe(gpu, ["fp8"]) == "Triton (sm90); FP8 × FP8, activations quantized per token"
+    monkeypatch.setattr(fused, "enabled", False)
+    assert backend.describe(gpu, ["nvfp4"]) == "Triton (sm90), fused kernels off"
+    monkeypatch.setattr(backend, "_capability", lambda index: (8, 0))
+    assert backend.describe(gpu, ["fp8"]).endswith("FP8 weights widened (W8A16)")
+    monkeypatch.setattr(backend, "triton_available", lambda: False)
+    assert backend.describe(gpu, ["bfloat16"]) == "PyTorch (no Triton installed)"
