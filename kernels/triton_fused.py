@@ -328,6 +328,17 @@ def _first_max(values, index, best, best_index):
 
 
 @triton.jit
+def _uniforms(seed, row, v0, V, BLOCK: tl.constexpr):
+    """U[0, 1) for the BLOCK entries of a row's chunk at v0: each Philox call yields four, one per quarter."""
+    quarter = tl.arange(0, BLOCK // 4)
+    counter = (row * tl.cdiv(V, BLOCK) + v0 // BLOCK) * (BLOCK // 4) + quarter
+    u0, u1, u2, u3 = tl.rand4x(seed, counter)
+    j = tl.arange(0, 4)[:, None]
+    u = tl.where(j == 0, u0[None, :], tl.where(j == 1, u1[None, :], tl.where(j == 2, u2[None, :], u3[None, :])))
+    return tl.reshape(u, (BLOCK,))
+
+
+@triton.jit
 def _sample_step_kernel(
     logits_ptr,
     seed_ptr,
@@ -363,7 +374,7 @@ def _sample_step_kernel(
         sz = sz * rescale + tl.sum(e * tl.where(ok, z, 0.0), axis=0)
         m = m_new
         # argmax p / q with q = -log u ~ Exp(1): u = 0 gives q = inf, a key of -inf that never wins.
-        key = tl.where(ok, z - tl.log(-tl.log(tl.rand(seed, base + v))), float("-inf"))
+        key = tl.where(ok, z - tl.log(-tl.log(_uniforms(seed, row, v0, V, BLOCK))), float("-inf"))
         race, race_index = _first_max(key, v, race, race_index)
         if ROUND_LOGITS:
             zr = rounded(z, probs_dtype)
