@@ -12,7 +12,16 @@ from .formats import (
     quantize_nvfp4,
     unpack_nibbles,
 )
-from .fused import add_rms_norm, combine_feed_forward, gelu_mul, rms_norm, rms_norm_rope, route, softcap_logits
+from .fused import (
+    add_rms_norm,
+    combine_feed_forward,
+    gelu_mul,
+    rms_norm,
+    rms_norm_rope,
+    route,
+    router_input,
+    softcap_logits,
+)
 from .moe import experts_forward, grouped_matmul, grouped_matmul_reference, linear
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "rms_norm",
     "rms_norm_rope",
     "route",
+    "router_input",
     "softcap_logits",
     "unpack_nibbles",
 ]

@@ -73,6 +73,15 @@ def add_rms_norm(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     return residual + rms_norm_reference(x, weight, eps)
 
 
+def router_input(h: torch.Tensor, scale: torch.Tensor, multiplier: float, eps: float) -> torch.Tensor:
+    """RMSNorm(h) without a weight, times `scale`, times `multiplier`: the router's input (§2.6)."""
+    if use_triton(h):
+        from .triton_fused import router_input_triton
+
+        return router_input_triton(h, scale, multiplier, eps)
+    return rms_norm_reference(h, None, eps) * scale * multiplier
+
+
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float):
     """RoPE over the RMSNorm of each head: x [B, S, heads, D], cos/sin [S, D] (the q and k norms)."""
     if use_triton(x):

@@ -40,6 +40,10 @@ def rms_norm_triton(
     )
 
 
+def router_input_triton(h: torch.Tensor, scale: torch.Tensor, multiplier: float, eps: float) -> torch.Tensor:
+    return _per_row(_router_input_kernel, h, eps, scale, multiplier)
+
+
 def rms_norm_rope_triton(
     x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float
 ) -> torch.Tensor:
@@ -193,6 +197,17 @@ def _rms_norm_kernel(
     if HAS_RESIDUAL:
         y = tl.load(res_ptr + row + cols, mask=ok, other=0.0).to(tl.float32) + rounded(y, dtype)
     store_rounded(out_ptr + row + cols, y, ok)
+
+
+@triton.jit
+def _router_input_kernel(x_ptr, out_ptr, D, eps, scale_ptr, multiplier, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * D
+    cols = tl.arange(0, BLOCK)
+    ok = cols < D
+    dtype = out_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    y = rounded(x * _inverse_rms(x, D, eps), dtype) * tl.load(scale_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    store_rounded(out_ptr + row + cols, rounded(y, dtype) * multiplier, ok)
 
 
 @triton.jit

@@ -24,6 +24,7 @@ from dgemma_kernels import (
     rms_norm,
     rms_norm_rope,
     route,
+    router_input,
     softcap_logits,
 )
 from torch import nn
@@ -122,7 +123,7 @@ class Router(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Routing weights [N, K] (fp32) and expert ids [N, K] for the residual h [N, H] (§2.6)."""
-        scores = self.proj(rms_norm(h, None, self.eps) * self.scale * self.root_size)
+        scores = self.proj(router_input(h, self.scale, self.root_size, self.eps))
         return route(scores, self.top_k, self.per_expert_scale)
 
 

@@ -109,6 +109,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         rms_norm_rope_triton,
         rms_norm_triton,
         route_triton,
+        router_input_triton,
         sample_step_triton,
         softcap_logits_triton,
     )
@@ -149,6 +150,7 @@ def cases(arch: int) -> dict[str, Callable[[], object]]:
         ),
         "feed-forward combine": lambda: combine_feed_forward_triton(h, h, h, (weight,) * 3, weight[:1], 1e-6),
         "gelu * up (experts)": lambda: gelu_mul_triton(*torch.randn(rows, 1408, dtype=bf16).chunk(2, dim=-1)),
+        "router input": lambda: router_input_triton(h, weight, HIDDEN**-0.5, 1e-6),
         "route (128 experts, top 8)": lambda: route_triton(torch.randn(TOKENS, EXPERTS, dtype=bf16), TOP_K, weight),
         "softcap (lm_head output)": lambda: softcap_logits_triton(torch.empty(TOKENS, 4096, dtype=bf16), 30.0),
         "sample step (bf16 fed back)": lambda: sample_step_triton(

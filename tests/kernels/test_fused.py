@@ -22,6 +22,7 @@ from dgemma_kernels.triton_fused import (
     rms_norm_rope_triton,
     rms_norm_triton,
     route_triton,
+    router_input_triton,
     sample_step_triton,
     softcap_logits_triton,
 )
@@ -106,6 +107,14 @@ def test_gelu_mul_on_strided_halves(dtype):
     exact = gate.double() * torch.sigmoid(2 * 0.7978845608028654 * (gate.double() + 0.044715 * gate.double() ** 3))
     if dtype == torch.float32:
         assert ((out.double() - exact * up.double()).abs() <= 1e-6 * (1 + up.double().abs())).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_router_input(dtype):
+    g = torch.Generator().manual_seed(12)
+    h = randn(5, 7, H, dtype=dtype, generator=g, scale=3.0)
+    scale = norm_weight(H, dtype, g)
+    assert_matches(router_input_triton(h, scale, H**-0.5, EPS), fused.router_input(h, scale, H**-0.5, EPS))
 
 
 @pytest.mark.parametrize(("num_experts", "top_k"), [(128, 8), (6, 3)])  # the 26B router; neither a power of two
