@@ -22,8 +22,13 @@ from .backend import triton_available
 enabled = os.environ.get("DGEMMA_FUSED_KERNELS", "1") != "0"
 
 
+def on_gpu(device: torch.device) -> bool:
+    """Whether the fused Triton kernels serve tensors on `device`."""
+    return enabled and device.type == "cuda" and triton_available()
+
+
 def use_triton(x: torch.Tensor) -> bool:
-    return enabled and x.is_cuda and triton_available()
+    return on_gpu(x.device)
 
 
 def sample_step(

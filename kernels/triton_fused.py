@@ -12,16 +12,20 @@ import triton
 import triton.language as tl
 
 
+def _row_warps(block: int) -> int:
+    """Warps for a program that holds a whole row of `block` elements: ~512 per warp for the wide rows."""
+    return max(1, min(8, block // 512))
+
+
 def _per_row(kernel, x: torch.Tensor, eps: float, *args, **constexprs) -> torch.Tensor:
     """Launch a row kernel `kernel(x, out, D, eps, *args)` with one program per row of x's last dim; the whole
-    row in one block, ~512 elements per warp for the wide rows."""
+    row in one block."""
     flat = x.contiguous().view(-1, x.shape[-1])
     out = torch.empty_like(flat)
     if flat.numel():
         D = flat.shape[1]
         block = triton.next_power_of_2(D)
-        warps = max(1, min(8, block // 512))
-        kernel[(flat.shape[0],)](flat, out, D, eps, *args, BLOCK=block, num_warps=warps, **constexprs)
+        kernel[(flat.shape[0],)](flat, out, D, eps, *args, BLOCK=block, num_warps=_row_warps(block), **constexprs)
     return out.view(x.shape)
 
 
@@ -107,7 +111,7 @@ def quantize_fp8_triton(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torc
     scale = torch.empty(M, runs, dtype=torch.float32, device=x.device)
     if M:
         _quantize_fp8_kernel[(M,)](
-            flat, q, scale, K, runs, GROUP=group or block, BLOCK=block, num_warps=max(1, min(8, block // 512))
+            flat, q, scale, K, runs, GROUP=group or block, BLOCK=block, num_warps=_row_warps(block)
         )
     return q, scale
 

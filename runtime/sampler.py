@@ -166,7 +166,7 @@ class FusedStep:
 
     @staticmethod
     def available(device: torch.device) -> bool:
-        return fused.use_triton(torch.empty(0, device=device))
+        return fused.on_gpu(device)
 
     def score(self, raw: torch.Tensor, temperature: torch.Tensor) -> Scored:
         seed = torch.randint(0, 2**62, (1,), generator=self.generator, device=raw.device)
