@@ -168,5 +168,5 @@ def cache_bytes(config: TextConfig, batch: int, capacity: int, dtype: torch.dtyp
 
 
 def step_workspace_bytes(config: TextConfig, batch: int) -> int:
-    """The largest per-step buffers over [B, L, V]: float32 logits and probabilities, float64 noise (CPU)."""
+    """The largest per-step buffers over [B, L, V]: float32 logits and probabilities, int64 noise words (CPU)."""
     return 6 * batch * config.canvas_length * config.vocab_size * 4

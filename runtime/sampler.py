@@ -2,9 +2,10 @@
 in the reference's order and shapes: per canvas one `randint`; per step one `multinomial`, then one `randint`.
 
 `torch.multinomial(p, 1)` is argmax(p / q) with q ~ Exp(1) drawn from the generator, one 64-bit draw per
-entry, q = -log1p(-u). On the CPU we draw the uniforms u (3x cheaper than q) and turn into q only the rows
-whose sample is kept (the accepted positions): the generator advances exactly as the reference's does and the
-kept samples are bit-identical.
+entry, q = -log1p(-u) with u its low 53 bits scaled to [0, 1). On the CPU we draw only the raw 64-bit words
+(`random_` on int64, 4x cheaper than drawing q, 1.2x cheaper than drawing u) and turn into q only the rows whose
+sample is kept (the accepted positions): the generator advances exactly as the reference's does and the kept
+samples are bit-identical.
 
 On a GPU with Triton (and DGEMMA_FUSED_KERNELS not 0), `FusedStep` does a step's vocabulary-wide arithmetic
 in one kernel with its own Philox noise; `ReferenceStep` is the reference's arithmetic and draws, bit for bit.
@@ -23,13 +24,18 @@ from dgemma_kernels import fused
 
 @dataclass(frozen=True)
 class StepNoise:
-    draws: torch.Tensor  # [B·L, V]: float64 uniforms on the CPU, float32 Exp(1) samples elsewhere
+    draws: torch.Tensor  # [B·L, V]: raw int64 words on the CPU, float32 Exp(1) samples elsewhere
     renoise: torch.Tensor  # [B, L] uniform token ids
 
     def exponential(self, rows: torch.Tensor) -> torch.Tensor:
         """Exp(1) noise of the given flat positions, [R, V] float32, as torch.multinomial computes it."""
         picked = self.draws[rows]
-        return picked if picked.dtype == torch.float32 else (-torch.log1p(-picked)).float()
+        return picked if picked.dtype == torch.float32 else (-torch.log1p(-uniform_from_bits(picked))).float()
+
+
+def uniform_from_bits(words: torch.Tensor) -> torch.Tensor:
+    """The float64 uniform in [0, 1) that a 64-bit draw becomes in `uniform_`: its low 53 bits over 2^53."""
+    return (words & (2**53 - 1)).double().mul_(2.0**-53)
 
 
 class NoiseSource:
@@ -40,12 +46,12 @@ class NoiseSource:
         device = generator.device
         self.shape, self.vocab, self.generator = shape, vocab, generator
         self.draws = torch.empty(
-            shape[0] * shape[1], vocab, device=device, dtype=torch.float64 if device.type == "cpu" else None
+            shape[0] * shape[1], vocab, device=device, dtype=torch.int64 if device.type == "cpu" else None
         )
 
     def draw(self) -> StepNoise:
         if self.draws.device.type == "cpu":
-            self.draws.uniform_(generator=self.generator)
+            self.draws.random_(generator=self.generator)  # one 64-bit word per entry, as `uniform_` in float64
         else:
             self.draws.exponential_(1, generator=self.generator)
         return StepNoise(self.draws, random_canvas(self.shape, self.vocab, self.generator, self.draws.device))
@@ -95,7 +101,7 @@ def accept(token_entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
 def sample(probs: torch.Tensor, noise: StepNoise, keep: torch.Tensor) -> torch.Tensor:
     """Draws from probs [B, L, V] at the positions in `keep` [B, L]; elsewhere 0 (never used)."""
     B, L, V = probs.shape
-    if noise.draws.dtype == torch.float32:
+    if noise.draws.is_floating_point():
         # On an accelerator the Exp(1) noise already exists for every position: sampling all of them costs less
         # than `nonzero`, which would stop the host until the GPU catches up.
         return torch.where(keep, (probs / noise.draws.view(B, L, V)).argmax(dim=-1), 0)

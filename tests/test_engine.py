@@ -117,19 +117,30 @@ def test_a_stream_closed_mid_canvas_leaves_the_session_consistent(engine):
 
 def test_device_and_cpu_sampling_agree_on_the_same_noise():
     """The accelerator path samples every position from Exp(1) noise without a host sync; the CPU path turns
-    uniforms into Exp(1) only where a sample is kept. The same draws must give the same kept samples."""
+    raw 64-bit draws into Exp(1) only where a sample is kept. The same draws must give the same kept samples."""
     from dgemma_runtime import sampler
 
     g = torch.Generator().manual_seed(0)
     B, L, V = 2, 7, 13
     probs = torch.softmax(torch.randn(B, L, V, generator=g), -1)
     keep = torch.rand(B, L, generator=g) > 0.4
-    uniforms = torch.rand(B * L, V, generator=g, dtype=torch.float64)
+    words = torch.empty(B * L, V, dtype=torch.int64).random_(generator=g)
+    exponential = (-torch.log1p(-sampler.uniform_from_bits(words))).float()
     renoise = torch.zeros(B, L, dtype=torch.long)
-    on_cpu = sampler.sample(probs, sampler.StepNoise(uniforms, renoise), keep)
-    on_device = sampler.sample(probs, sampler.StepNoise((-torch.log1p(-uniforms)).float(), renoise), keep)
+    on_cpu = sampler.sample(probs, sampler.StepNoise(words, renoise), keep)
+    on_device = sampler.sample(probs, sampler.StepNoise(exponential, renoise), keep)
     assert torch.equal(on_cpu[keep], on_device[keep])
     assert keep.any() and (~keep).any()
+
+
+def test_raw_draws_become_the_uniforms_the_generator_gives():
+    """The CPU keeps each entry's raw 64-bit word; turned into a uniform it must be exactly what `uniform_` in
+    float64 draws from the same generator state (and what multinomial's noise is made of)."""
+    from dgemma_runtime import sampler
+
+    words = torch.empty(4, 1000, dtype=torch.int64).random_(generator=torch.Generator().manual_seed(3))
+    uniforms = torch.empty(4, 1000, dtype=torch.float64).uniform_(generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sampler.uniform_from_bits(words), uniforms)
 
 
 def test_the_denormal_floor_changes_no_sample_entropy_or_soft_embedding():
