@@ -76,13 +76,16 @@ def floor_logits(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
     return logits.clamp_(min=(row_max - span).unsqueeze(-1))
 
 
-def entropy_(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def entropy_(logits: torch.Tensor, probs: torch.Tensor, row_max: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """Per-position entropy [B, L] of probs = softmax(logits) [B, L, V], computed in `logits`' own memory, which
-    it overwrites: fresh [B, L, V] temporaries cost more in page faults than in arithmetic on the CPU.
-    Log-probabilities are logits minus their logsumexp, as the reference's Categorical computes them; it clamps
-    them at the dtype's minimum to keep 0·(-inf) out, but finite logits give finite log-probabilities."""
-    logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
-    return -logits.mul_(probs).sum(-1)
+    it overwrites, and in `scratch` (a [B, L, V] float32 buffer): fresh [B, L, V] temporaries cost more in page
+    faults than in arithmetic on the CPU. Log-probabilities are logits minus their logsumexp, as the reference's
+    Categorical computes them; it clamps them at the dtype's minimum to keep 0·(-inf) out, but finite logits give
+    finite log-probabilities. The logsumexp is `torch.logsumexp`'s own sequence (exp of the logits less their
+    maximum, summed, log, plus the maximum), bit for bit, with the row maxima already known."""
+    top = row_max.unsqueeze(-1)
+    logsumexp = torch.sub(logits, top, out=scratch).exp_().sum(-1, keepdim=True).log_().add_(top)
+    return -logits.sub_(logsumexp).mul_(probs).sum(-1)
 
 
 def random_canvas(shape: tuple[int, int], vocab: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -131,20 +134,28 @@ class Scored:
 
 class ReferenceStep:
     """The reference's step: softmax, entropy, acceptance, then a sample of the accepted positions from the
-    generator's noise, in the reference's order of draws."""
+    generator's noise, in the reference's order of draws.
+
+    Its [B, L, V] float32 results live in buffers made once per canvas: on the CPU a fresh tensor this size
+    (33 MB for a 256-token canvas over a 32k vocabulary, 268 MB over the 26B's 262k) comes from `mmap` and
+    page-faults in every step, which cost as much as the softmax itself. The probabilities alternate between
+    two buffers, because a step's are read by the next step's decoder (self-conditioning) until it is scored."""
 
     def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator, dtype: torch.dtype) -> None:
         self.noise = NoiseSource(shape, vocab, generator)
         self.dtype = dtype  # the weights': the reference feeds back probabilities in it
+        device = generator.device
+        self.buffers = [torch.empty(*shape, vocab, device=device) for _ in range(3)]  # 2 for probs, 1 scratch
         self.probs: torch.Tensor | None = None
 
     def score(self, raw: torch.Tensor, temperature: torch.Tensor) -> Scored:
         # In place: `raw` is this step's own tensor (or the graph's output buffer, rewritten by each replay).
         logits = raw.div_(temperature)
         top, argmax = logits.max(dim=-1)  # argmax's first-maximum rule, at a third of its CPU time
-        self.probs = torch.softmax(floor_logits(logits, top), dim=-1, dtype=torch.float32)
+        out = self.buffers[1] if self.probs is self.buffers[0] else self.buffers[0]
+        self.probs = torch.softmax(floor_logits(logits, top), dim=-1, dtype=torch.float32, out=out)
         fed = self._fed_back(logits, self.probs)
-        return Scored(argmax, entropy_(logits, self.probs), fed)  # `logits` is spent from here on
+        return Scored(argmax, entropy_(logits, self.probs, top, self.buffers[2]), fed)  # `logits` is spent now
 
     def draw(self, accepted: torch.Tensor) -> torch.Tensor:
         assert self.probs is not None
@@ -156,7 +167,8 @@ class ReferenceStep:
         float32 that is exactly `probs`, so the softmax is not repeated."""
         if self.dtype == torch.float32:
             return probs
-        return torch.softmax(logits.to(self.dtype), dim=-1, dtype=torch.float32).to(self.dtype)
+        scratch = self.buffers[2]  # free until the entropy needs it
+        return torch.softmax(logits.to(self.dtype), dim=-1, dtype=torch.float32, out=scratch).to(self.dtype)
 
 
 class FusedStep:

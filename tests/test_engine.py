@@ -159,12 +159,27 @@ def test_the_denormal_floor_changes_no_sample_entropy_or_soft_embedding():
     assert (probs_floored >= tiny).all()  # none after
     big = probs > 1e-30
     assert torch.equal(probs[big], probs_floored[big])
-    assert torch.equal(sampler.entropy_(logits.clone(), probs), sampler.entropy_(floored.clone(), probs_floored))
+    scratch = torch.empty_like(logits)
+    entropy = sampler.entropy_(logits.clone(), probs, top, scratch)
+    assert torch.equal(entropy, sampler.entropy_(floored.clone(), probs_floored, top, scratch))
     noise = sampler.NoiseSource((B, L), V, g).draw()
     keep = torch.ones(B, L, dtype=torch.bool)
     assert torch.equal(sampler.sample(probs, noise, keep), sampler.sample(probs_floored, noise, keep))
     embedding = torch.randn(V, 64, generator=g)
     torch.testing.assert_close(probs_floored @ embedding, probs @ embedding, rtol=1e-6, atol=1e-30)
+
+
+def test_the_entropy_is_the_reference_categoricals_bit_for_bit():
+    """`entropy_` computes the logsumexp in a reused buffer from the known row maxima; the result must be exactly
+    the entropy of the reference's Categorical: -sum(p · (logits - logsumexp(logits)))."""
+    from dgemma_runtime import sampler
+
+    logits = torch.randn(3, 8, 5000, generator=torch.Generator().manual_seed(4)) * 6
+    probs = torch.softmax(logits, -1)
+    expected = -((logits - torch.logsumexp(logits, -1, keepdim=True)) * probs).sum(-1)
+    scratch = torch.full_like(logits, float("nan"))  # whatever it held before must not matter
+    entropy = sampler.entropy_(logits.clone(), probs, logits.max(-1).values, scratch)
+    assert torch.equal(entropy, expected)
 
 
 def test_the_fused_gpu_step_generates_reproducibly(engine, monkeypatch):
