@@ -138,6 +138,9 @@ class Engine:
             cache.reserve(P)
             n_canvases = min(n_canvases, (cache.capacity - cache.length - P) // L + 1)
         generator = torch.Generator(device).manual_seed(opts.seed if opts.seed is not None else secrets.randbits(63))
+        # One per generation: its [B, L, V] buffers serve every canvas.
+        step_kind = sampler.FusedStep if sampler.FusedStep.available(device) else sampler.ReferenceStep
+        step = step_kind((B, L), cfg.vocab_size, generator, self.dtype)
         eos = torch.tensor(self.defaults.eos_token_ids, device=device)
         streams = [self._text_stream() for _ in range(B)]
         clock = _Clock(device)
@@ -157,7 +160,7 @@ class Engine:
                 clock.charge("encode")
                 if session is not None:
                     session.pending = []
-            denoised = yield from self._denoise(c, cache, generator, opts, done, clock)
+            denoised = yield from self._denoise(c, cache, generator, step, opts, done, clock)
             canvas_ids, steps, row_forwards = denoised
             forwards += row_forwards
             steps_per_canvas.append(steps)
@@ -206,6 +209,7 @@ class Engine:
         canvas_index: int,
         cache: KVCache,
         generator: torch.Generator,
+        step: sampler.ReferenceStep | sampler.FusedStep,
         opts: ResolvedOptions,
         done: torch.Tensor,
         clock: _Clock,
@@ -218,8 +222,6 @@ class Engine:
             opts.max_denoising_steps,
         )
         current = sampler.random_canvas((B, L), V, generator, self.device)
-        step_kind = sampler.FusedStep if sampler.FusedStep.available(self.device) else sampler.ReferenceStep
-        step = step_kind((B, L), V, generator, self.dtype)
         argmax = current
         prev_probs: torch.Tensor | None = None  # self-conditioning input
         converged = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -228,7 +230,7 @@ class Engine:
         any_converged = False  # host copy of converged.any(), from the previous step's transfer
         for remaining in range(N, 0, -1):
             active = ~(converged | done)
-            raw = self.decode(current, cache, prev_probs)
+            raw = self.decode(current, cache, prev_probs, step.logits_out)
             clock.charge("decode")
             scored = step.score(raw, sampler.temperature(remaining, N, opts.t_min, opts.t_max))
             new_argmax, token_entropy, sc_probs = scored.argmax, scored.entropy, scored.self_conditioning

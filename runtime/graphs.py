@@ -28,9 +28,12 @@ class GraphedDecoder:
         self.logits: torch.Tensor | None = None
         self.failed = False  # a capture that raised: this engine stays eager
 
-    def __call__(self, canvas: torch.Tensor, cache: KVCache, prev_probs: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, canvas: torch.Tensor, cache: KVCache, prev_probs: torch.Tensor | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`model.decode`; `out` serves only the eager steps (a replay writes the graph's own output buffer)."""
         if prev_probs is None or self.failed or not canvas.is_cuda:
-            return self.model.decode(canvas, cache, prev_probs)
+            return self.model.decode(canvas, cache, prev_probs, out)
         key = (id(cache), cache.length, tuple(canvas.shape), tuple(prev_probs.shape), prev_probs.dtype)
         if key != self.key:
             return self._capture(canvas, cache, prev_probs, key)

@@ -255,11 +255,17 @@ class DiffusionGemma(nn.Module):
         return torch.matmul(probs.to(weight.dtype), weight) * self.embed_scale()
 
     def decode(
-        self, canvas: torch.Tensor, cache: KVCache | SequenceKV, prev_probs: torch.Tensor | None
+        self,
+        canvas: torch.Tensor,
+        cache: KVCache | SequenceKV,
+        prev_probs: torch.Tensor | None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoiser pass: canvas [B, L] over the read-only cache -> fp32 soft-capped logits [B, L, V].
 
         `prev_probs` is softmax of the previous step's temperature-scaled logits (None on a canvas's first step).
+        `out`, a float32 [B, L, V] buffer reused from step to step, receives the logits (a fresh tensor that size
+        page-faults in every step on the CPU); read the return value, which is `out` only on the PyTorch path.
         """
         L = canvas.shape[1]
         soft = None if prev_probs is None else self.soft_embed(prev_probs)
@@ -268,4 +274,11 @@ class DiffusionGemma(nn.Module):
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
             h = layer.attention(x, cos, sin, partial(cache.decoder_kv, i))
             x = layer.feed_forward(h, layer.layer_scalar)
-        return softcap_logits(F.linear(self.norm(x), self.embed_tokens.weight), self.config.final_logit_softcapping)
+        h, weight = self.norm(x), self.embed_tokens.weight  # the lm_head is tied to the embeddings
+        if out is None:
+            logits = F.linear(h, weight)
+        elif out.dtype == h.dtype:
+            logits = torch.matmul(h, weight.t(), out=out)
+        else:
+            logits = out.copy_(F.linear(h, weight))
+        return softcap_logits(logits, self.config.final_logit_softcapping)

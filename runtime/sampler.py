@@ -136,26 +136,30 @@ class ReferenceStep:
     """The reference's step: softmax, entropy, acceptance, then a sample of the accepted positions from the
     generator's noise, in the reference's order of draws.
 
-    Its [B, L, V] float32 results live in buffers made once per canvas: on the CPU a fresh tensor this size
+    Its [B, L, V] float32 tensors live in buffers made once per generation: on the CPU a fresh tensor this size
     (33 MB for a 256-token canvas over a 32k vocabulary, 268 MB over the 26B's 262k) comes from `mmap` and
-    page-faults in every step, which cost as much as the softmax itself. The probabilities alternate between
-    two buffers, because a step's are read by the next step's decoder (self-conditioning) until it is scored."""
+    page-faults in every step, which cost as much as the softmax itself. The decoder writes its logits into
+    `logits_out`. The probabilities alternate between two buffers, because a step's are read by the next step's
+    decoder (self-conditioning) until it is scored."""
 
     def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator, dtype: torch.dtype) -> None:
         self.noise = NoiseSource(shape, vocab, generator)
         self.dtype = dtype  # the weights': the reference feeds back probabilities in it
         device = generator.device
-        self.buffers = [torch.empty(*shape, vocab, device=device) for _ in range(3)]  # 2 for probs, 1 scratch
+        self.logits_out: torch.Tensor | None = torch.empty(*shape, vocab, device=device)
+        self.probs_buffers = (torch.empty(*shape, vocab, device=device), torch.empty(*shape, vocab, device=device))
+        self.scratch = torch.empty(*shape, vocab, device=device)
         self.probs: torch.Tensor | None = None
 
     def score(self, raw: torch.Tensor, temperature: torch.Tensor) -> Scored:
-        # In place: `raw` is this step's own tensor (or the graph's output buffer, rewritten by each replay).
+        # In place: `raw` is this step's own tensor (`logits_out`, or a CUDA graph's output buffer).
         logits = raw.div_(temperature)
         top, argmax = logits.max(dim=-1)  # argmax's first-maximum rule, at a third of its CPU time
-        out = self.buffers[1] if self.probs is self.buffers[0] else self.buffers[0]
+        first, second = self.probs_buffers
+        out = second if self.probs is first else first
         self.probs = torch.softmax(floor_logits(logits, top), dim=-1, dtype=torch.float32, out=out)
         fed = self._fed_back(logits, self.probs)
-        return Scored(argmax, entropy_(logits, self.probs, top, self.buffers[2]), fed)  # `logits` is spent now
+        return Scored(argmax, entropy_(logits, self.probs, top, self.scratch), fed)  # `logits` is spent now
 
     def draw(self, accepted: torch.Tensor) -> torch.Tensor:
         assert self.probs is not None
@@ -167,8 +171,10 @@ class ReferenceStep:
         float32 that is exactly `probs`, so the softmax is not repeated."""
         if self.dtype == torch.float32:
             return probs
-        scratch = self.buffers[2]  # free until the entropy needs it
-        return torch.softmax(logits.to(self.dtype), dim=-1, dtype=torch.float32, out=scratch).to(self.dtype)
+        # In `scratch` (free until the entropy needs it), in place: softmax reads a row before it writes it, and
+        # softmax(dtype=float32) of a half-precision input would make a fresh float32 copy of it first.
+        rounded = self.scratch.copy_(logits.to(self.dtype))
+        return torch.softmax(rounded, dim=-1, out=rounded).to(self.dtype)
 
 
 class FusedStep:
@@ -180,6 +186,7 @@ class FusedStep:
 
     def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator, dtype: torch.dtype) -> None:
         self.shape, self.vocab, self.generator, self.dtype = shape, vocab, generator, dtype
+        self.logits_out: torch.Tensor | None = None  # the kernel reads the lm_head's own output
         self.samples: torch.Tensor | None = None
 
     @staticmethod

@@ -59,10 +59,12 @@ def test_decoder_logits_match(tmp_path, with_self_conditioning, chunk_lengths):
             engine.model.encode(chunk, cache)
         probs = None if sc is None else torch.softmax(sc, dim=-1)
         first = engine.model.decode(canvas, cache, probs)
-        again = engine.model.decode(canvas, cache, probs)  # the decoder must not have written the cache
+        # Again, into a reused buffer: the decoder must not have written the cache, nor the buffer changed a bit.
+        buffer = torch.full((B, L, V), float("nan"))
+        again = engine.model.decode(canvas, cache, probs, out=buffer)
 
     assert max_relative_error(first, expected) <= TOLERANCE
-    assert torch.equal(first, again)
+    assert torch.equal(first, again) and again.data_ptr() == buffer.data_ptr()
 
 
 def test_bfloat16_logits_stay_close(tmp_path):
@@ -77,6 +79,8 @@ def test_bfloat16_logits_stay_close(tmp_path):
         with torch.no_grad():
             engine.model.encode(ids, cache)
             results.append(engine.model.decode(canvas, cache, None))
+            buffer = torch.full((1, 16, 512), float("nan"))
+            assert torch.equal(engine.model.decode(canvas, cache, None, out=buffer), results[-1])
     assert results[1].dtype == torch.float32  # logits are always float32
     assert max_relative_error(results[1], results[0]) < 0.05
 
