@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from dgemma_runtime import Engine, GenerationOptions, Message, load
+from dgemma_runtime import OPTION_RANGES, Engine, GenerationOptions, Message, load
 from rich.console import Console
 from rich.table import Table
 
-from . import store
 from .errors import UsageProblem, run_guarded
-from .facts import human, loaded_facts, model_facts
+from .facts import loaded_facts, model_facts
+from .models import store
+from .units import human
 from .views import FramesView, JsonView, LiveView, PlainView, consume, print_stats
 
 app = typer.Typer(
@@ -30,12 +31,23 @@ app = typer.Typer(
 
 # -- shared options --------------------------------------------------------------------------------
 
-Steps = Annotated[int | None, typer.Option("--steps", help="Maximum denoising steps per canvas.", min=1)]
+# Typer types the sampler flags; their lower bounds come from the runtime's one table of option ranges.
+Steps = Annotated[
+    int | None,
+    typer.Option("--steps", help="Maximum denoising steps per canvas.", min=OPTION_RANGES["max_denoising_steps"].low),
+]
 TMax = Annotated[float | None, typer.Option("--t-max", help="Temperature at the first step.")]
 TMin = Annotated[float | None, typer.Option("--t-min", help="Temperature at the last step.")]
 EntropyBound = Annotated[float | None, typer.Option("--entropy-bound", help="Entropy accepted per step.")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (same seed, same answer).", min=0)]
-MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", help="Answer length limit (whole canvases).", min=1)]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help="Random seed (same seed, same answer).", min=OPTION_RANGES["seed"].low)
+]
+MaxNew = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens", help="Answer length limit (whole canvases).", min=OPTION_RANGES["max_new_tokens"].low
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
 Precision = Literal["fp8", "nvfp4", "int8", "nf4"]  # the runtime's QUANTIZE_AT_LOAD; Typer refuses others (exit 2)
@@ -79,13 +91,16 @@ def generation_options(
     seed: int | None,
     max_new_tokens: int | None,
 ) -> GenerationOptions:
-    return GenerationOptions(
-        max_new_tokens=max_new_tokens,
-        max_denoising_steps=steps,
-        t_min=t_min,
-        t_max=t_max,
-        entropy_bound=entropy_bound,
-        seed=seed,
+    """The sampler flags, under the names the runtime knows them by (--steps is its alias)."""
+    return GenerationOptions.from_mapping(
+        {
+            "steps": steps,
+            "t_max": t_max,
+            "t_min": t_min,
+            "entropy_bound": entropy_bound,
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+        }
     )
 
 
@@ -169,7 +184,7 @@ def run(
     consume(engine.stream(ids, options=options), view)
     stats = view.finish()
     if verbose and stats is not None:
-        print_stats(stats, load_seconds, loaded_facts(engine, manifest.folder))
+        print_stats(stats, load_seconds, loaded_facts(engine))
 
 
 @app.command("list")
@@ -212,9 +227,9 @@ def pull(
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit to pull.")] = None,
 ) -> None:
     """Download a model from the Hugging Face hub into the Hugging Face cache (resumable, verified)."""
-    from .hub import target  # huggingface_hub loads only for this command
-    from .pull import pull_model
-    from .pull_view import render
+    from .models.hub import target  # huggingface_hub loads only for this command
+    from .models.pull import pull_model
+    from .models.pull_view import render
 
     goal = target(model, revision)
     render(goal, pull_model(goal))
@@ -281,7 +296,7 @@ def serve(
     cuda_graphs: CudaGraphs = False,
 ) -> None:
     """Serve the Ollama API (/api) and the OpenAI API (/v1) over HTTP, batching concurrent requests."""
-    from .server import serve as run_server
+    from .serve.app import serve as run_server
 
     settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
     run_server(

@@ -10,13 +10,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from dgemma_kernels.backend import describe as describe_kernels
 from dgemma_runtime import CanvasEvent, Engine, FinalEvent, GenerationOptions, GenerationStats, Message, StepEvent
 from rich.console import Console
 from rich.table import Table
 
-from .facts import quantization, weight_breakdown
-from .store import Manifest
+from .facts import weight_breakdown
+from .models.store import Manifest
 
 DEFAULT_PROMPTS = (
     "Tell me a story about a brave little boat.",
@@ -126,14 +125,14 @@ def bench(
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     timed_run(engine, encoded[0], options)  # warm-up: allocator, kernels, caches
-    weights = engine.weight_memory()
+    assert engine.weights is not None, "bench measures a model loaded from a checkpoint"
     report = BenchReport(
         model=model.ref,
         device=str(engine.device),
         dtype=str(engine.dtype).removeprefix("torch."),
-        quantization=quantization(model.folder, weights),
-        kernels=describe_kernels(engine.device, weights),
-        weight_bytes=weights,
+        quantization=engine.weights.quantization,
+        kernels=engine.kernels(),
+        weight_bytes=engine.weights.by_format,
     )
     for i in range(runs):
         report.runs.append(timed_run(engine, encoded[i % len(encoded)], options))

@@ -11,32 +11,29 @@ from dataclasses import fields
 
 import platformdirs
 from dgemma_runtime import (
+    DEFAULT_CONTEXT,
     ContextFullError,
     DgemmaError,
     Engine,
     GenerationOptions,
     Message,
-    OptionError,
     Session,
-    memory,
+    reclaim,
     render_follow_up,
 )
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from rich.console import Console
 
-from . import store
 from .facts import loaded_facts, model_facts
+from .models import store
 from .views import LiveView, PlainView, consume, print_stats
-
-CONTEXT = 8192
 
 
 class NoModelLoaded(DgemmaError):
     """/load failed and the previous model could not be loaded back either: the chat cannot go on."""
 
 
-ALIASES = {"steps": "max_denoising_steps", "num_predict": "max_new_tokens"}
 HELP = """Commands:
   /set parameter NAME VALUE   steps, t_min, t_max, entropy_bound, seed, max_new_tokens, ...
   /set system TEXT            system prompt (starts the conversation over)
@@ -103,7 +100,7 @@ class Chat:
         tokenizer = self.engine.tokenizer
         assert tokenizer is not None
         if self.session is None:
-            context = min(CONTEXT, self.engine.config.max_position_embeddings)
+            context = min(DEFAULT_CONTEXT, self.engine.config.max_position_embeddings)
             self.session = self.engine.new_session(context)
             system = [Message("system", self.system)] if self.system else []
             ids = tokenizer.chat([*system, *self.history, Message("user", text)], think=self.think)
@@ -120,7 +117,7 @@ class Chat:
         stats = view.finish()
         self.history += [Message("user", text), Message("model", view.answer)]
         if self.verbose and stats is not None:
-            print_stats(stats, 0.0, loaded_facts(self.engine, self.manifest.folder))
+            print_stats(stats, 0.0, loaded_facts(self.engine))
 
     def restart(self) -> None:
         """Drop the cache; the history is re-encoded, under the new settings, on the next turn."""
@@ -174,16 +171,8 @@ class Chat:
             self.console.print(f"Unknown command '{line}'. Type /? for help.")
 
     def set_parameter(self, name: str, raw: str) -> None:
-        field_name = ALIASES.get(name, name)
-        types = {f.name: f.type for f in fields(GenerationOptions)}
-        if field_name not in types:
-            raise OptionError(f"unknown parameter '{name}'")
-        try:
-            value: int | float = int(raw) if "int" in str(types[field_name]) else float(raw)
-        except ValueError:
-            raise OptionError(f"'{raw}' is not a valid value for {name}") from None
-        candidate = self.options.merged(**{field_name: value})
-        candidate.resolve(self.engine.defaults)  # validate before keeping it
+        candidate = self.options.updated({name: raw})
+        candidate.resolve(self.engine.defaults)  # against the model's defaults too (t_min <= t_max), before keeping it
         self.options = candidate
         self.console.print(f"Set parameter '{name}' to '{raw}'.")
 
@@ -221,7 +210,7 @@ class Chat:
         """Drop the chat's references to the model (the engine, the session's cache) and return its memory."""
         del self.engine
         self.session = None
-        memory.reclaim()
+        reclaim()
 
 
 def _history() -> FileHistory | InMemoryHistory:

@@ -1,73 +1,21 @@
-"""What `dgemma show` reports about a model, read from its folder and computed by the runtime's own rules; and
-what `run --verbose` adds about the model it loaded (its quantization and weight memory)."""
+"""What `dgemma show` (and /api/show) reports about a model, and what `run --verbose` adds about the model it
+loaded: the runtime's `inspect` reads the facts, this module words them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from dgemma_kernels.backend import describe as describe_kernels
-from dgemma_runtime import Engine, TextConfig, load_config
-from dgemma_runtime.cache import cache_bytes, step_workspace_bytes
-from dgemma_runtime.quantization import QUANTIZE_AT_LOAD, SAFETENSORS_DTYPES, detect_scheme
-from dgemma_runtime.weights import parameter_counts, plan_load, read_header, shard_files
+from dgemma_runtime import DEFAULT_CONTEXT, CheckpointInfo, Engine, Fit, inspect
 
-from .store import Manifest
-
-DEFAULT_CONTEXT = 8192
+from .models.store import Manifest
+from .units import count, human
 
 
-def human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
-
-
-def count(n: int) -> str:
-    """A parameter count the way model cards write it: 6.7M, 25.25B."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}".rstrip("0").rstrip(".") + unit
-    return str(n)
-
-
-def gpu_line(needed: int) -> str:
-    if not torch.cuda.is_available():
+def fit_line(fit: Fit) -> str:
+    if fit.device == "CPU":
         return "no GPU found: runs on the CPU"
-    free, total = torch.cuda.mem_get_info()
-    verdict = "fits" if needed <= free else "does not fit"
-    return f"{torch.cuda.get_device_name()}: {human(free)} free of {human(total)}, {verdict}"
-
-
-def stored_weights(folder: Path, config: TextConfig) -> dict[str, int]:
-    """Bytes of the weights a load reads, by storage format, from the safetensors headers alone (nothing is
-    loaded): a quantized weight's scales count with it, under the checkpoint's precision; the rest by dtype."""
-    found = read_header(shard_files(folder))
-    plan = plan_load(found, config)  # the runtime's own reading of which tensors hold which weight, in what form
-    scheme = detect_scheme(folder)
-    quantized = {name for stored in plan.stored() if stored.form != "plain" for name in stored.expected}
-    by_format: dict[str, int] = {}
-    for name in plan.expected:
-        if name not in found:
-            continue
-        dtype = SAFETENSORS_DTYPES[found[name].dtype]
-        key = scheme.precision if scheme and name in quantized else str(dtype).removeprefix("torch.")
-        by_format[key] = by_format.get(key, 0) + found[name].nbytes
-    return by_format
-
-
-def quantization(folder: Path, weights: dict[str, int]) -> str:
-    """The checkpoint's own quantization, or the one applied while loading (`weights` holds its format), or
-    none: then the dtype that holds most of the weights."""
-    scheme = detect_scheme(folder)
-    if scheme is not None:
-        return f"{scheme.precision} ({scheme.source})"
-    applied = [name for name in weights if name in QUANTIZE_AT_LOAD]
-    if applied:
-        return f"{' + '.join(applied)} (quantized while loading)"
-    return f"none ({max(weights, key=weights.__getitem__)})"
+    free = "?" if fit.free is None else human(fit.free)
+    total = "?" if fit.total is None else human(fit.total)
+    return f"{fit.device}: {free} free of {total}, {'fits' if fit.fits else 'does not fit'}"
 
 
 def weight_breakdown(weights: dict[str, int]) -> str:
@@ -78,32 +26,34 @@ def weight_breakdown(weights: dict[str, int]) -> str:
     return f"{human(sum(weights.values()))} (" + " + ".join(f"{human(size)} {name}" for name, size in parts) + ")"
 
 
-def loaded_facts(engine: Engine, folder: Path) -> list[tuple[str, str]]:
+def loaded_facts(engine: Engine) -> list[tuple[str, str]]:
     """What `run --verbose` adds to the statistics: the quantization in use and the memory the model takes."""
-    weights = engine.weight_memory()
-    facts = [("quantization", quantization(folder, weights)), ("weights", weight_breakdown(weights))]
-    facts.append(("kernels", describe_kernels(engine.device, weights)))
+    facts = []
+    if engine.weights is not None:
+        facts += [
+            ("quantization", engine.weights.quantization),
+            ("weights", weight_breakdown(engine.weights.by_format)),
+        ]
+    facts.append(("kernels", engine.kernels()))
     if engine.device.type == "cuda":
         facts.append(("peak GPU memory", human(torch.cuda.max_memory_allocated(engine.device))))
     return facts
 
 
-def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
+def model_facts(manifest: Manifest, info: CheckpointInfo | None = None) -> list[tuple[str, str]]:
     """What `show` prints: from the folder's configs and safetensors headers, without loading the weights."""
-    config, defaults = load_config(manifest.folder)
-    total, active = parameter_counts(config)
-    stored = stored_weights(manifest.folder, config)
+    info = info or inspect(manifest.folder)
+    config, defaults = info.config, info.defaults
+    total, active = info.parameters
     context = min(DEFAULT_CONTEXT, config.max_position_embeddings)
-    dtype = torch.bfloat16
-    needed = sum(stored.values()) + cache_bytes(config, 1, context, dtype) + step_workspace_bytes(config, 1)
-    folder = manifest.folder
-    has_template = (folder / "chat_template.jinja").exists() or (folder / "tokenizer.json").exists()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fit = info.fit(device, torch.bfloat16, context)
     return [
         ("architecture", "diffusion_gemma (block diffusion, encoder + bidirectional decoder)"),
         ("source", manifest.source + (f" @ {manifest.revision}" if manifest.revision else "")),
         ("parameters", f"{count(total)} total, {count(active)} active per token"),
         ("experts", f"{config.num_experts}, {config.top_k_experts} per token"),
-        ("quantization", quantization(manifest.folder, stored)),
+        ("quantization", info.quantization()),
         ("context length", str(config.max_position_embeddings)),
         ("canvas length", str(config.canvas_length)),
         (
@@ -111,7 +61,7 @@ def model_facts(manifest: Manifest) -> list[tuple[str, str]]:
             f"{defaults.max_denoising_steps} steps, t {defaults.t_max}→{defaults.t_min}, "
             f"entropy bound {defaults.entropy_bound}, confidence {defaults.confidence_threshold}",
         ),
-        ("chat template", "yes (Gemma 4 turns)" if has_template else "no"),
-        ("weights", weight_breakdown(stored)),
-        ("memory needed", f"{human(needed)} at a {context}-token context ({gpu_line(needed)})"),
+        ("chat template", "yes (Gemma 4 turns)" if info.has_chat_template else "no"),
+        ("weights", weight_breakdown(info.stored)),
+        ("memory needed", f"{human(fit.needed)} at a {context}-token context ({fit_line(fit)})"),
     ]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import memory
+from .checkpoint import DEFAULT_CONTEXT, CheckpointInfo, Fit, WeightMemory, inspect
 from .config import GenerationDefaults, TextConfig, load_config
 from .errors import (
     CheckpointError,
@@ -23,22 +24,29 @@ from .errors import (
 )
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .generate import Engine, GenerationResult, Session
+from .memory import reclaim
 from .model import DiffusionGemma
-from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from .quantization import detect_scheme, install_quantized, quantize_at_load
+from .options import DEFAULT_MAX_NEW_TOKENS, OPTION_NAMES, OPTION_RANGES, GenerationOptions, ResolvedOptions
+from .quantization import QUANTIZE_AT_LOAD, detect_scheme, install_quantized, quantize_at_load
 from .tokenizer import Message, TextStream, Tokenizer, render_chat, render_follow_up
 from .weights import load_state
 
 __all__ = [
+    "DEFAULT_CONTEXT",
     "DEFAULT_MAX_NEW_TOKENS",
+    "OPTION_NAMES",
+    "OPTION_RANGES",
+    "QUANTIZE_AT_LOAD",
     "CanvasEvent",
     "CheckpointError",
+    "CheckpointInfo",
     "ContextFullError",
     "DgemmaError",
     "DiffusionGemma",
     "Engine",
     "Event",
     "FinalEvent",
+    "Fit",
     "GenerationDefaults",
     "GenerationOptions",
     "GenerationResult",
@@ -46,14 +54,19 @@ __all__ = [
     "InsufficientMemoryError",
     "Message",
     "OptionError",
+    "ResolvedOptions",
     "Session",
     "StepEvent",
     "TextConfig",
     "TextStream",
     "Tokenizer",
     "UnsupportedModelError",
+    "WeightMemory",
+    "detect_scheme",
+    "inspect",
     "load",
     "load_config",
+    "reclaim",
     "render_chat",
     "render_follow_up",
 ]
@@ -106,18 +119,17 @@ def load(
     the dense MLP. `cuda_graphs` replays denoising steps from CUDA graphs (see `graphs.py`).
     """
     folder = Path(path)
-    config, defaults = load_config(folder)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     if cuda_graphs and target.type != "cuda":
         raise OptionError(f"CUDA graphs need a CUDA device, not {target.type!r}")
-    scheme = detect_scheme(folder)
+    info = inspect(folder)  # validates names and shapes before anything is read
+    config, scheme = info.config, info.scheme
     if quant is not None and scheme is not None:
         raise OptionError(f"--quant applies to full-precision checkpoints; this one is already {scheme.source}")
     transform = quantize_at_load(quant, quant_dense) if quant is not None else None
     auto = dtype in (None, "auto")
-    torch_dtype = memory.fitting_dtype(folder, config, target, torch_dtype, auto, quant, quant_dense)
-    # Validates names and shapes before reading anything.
+    torch_dtype = memory.fitting_dtype(info, target, torch_dtype, auto, quant, quant_dense)
     state = load_state(folder, config, target, torch_dtype, scheme, transform)
     with torch.device("meta"):
         model = DiffusionGemma(config)
@@ -127,4 +139,5 @@ def load(
     model.eval().requires_grad_(False)
     tokenizer_file = folder / "tokenizer.json"
     tokenizer = Tokenizer(tokenizer_file) if tokenizer_file.exists() else None
-    return Engine(model, config, defaults, tokenizer, cuda_graphs)
+    weights = info.weight_memory(torch_dtype, quant, quant_dense)
+    return Engine(model, config, info.defaults, tokenizer, cuda_graphs, weights)

@@ -10,10 +10,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from dgemma_kernels import QuantizedWeight
+from dgemma_kernels.backend import describe as describe_kernels
 
 from . import sampler
 from .cache import KVCache
+from .checkpoint import WeightMemory
 from .config import GenerationDefaults, TextConfig
 from .errors import OptionError
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
@@ -63,6 +64,7 @@ class Engine:
         defaults: GenerationDefaults,
         tokenizer: Tokenizer | None = None,
         cuda_graphs: bool = False,
+        weights: WeightMemory | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -71,19 +73,11 @@ class Engine:
         weight = model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.decode = GraphedDecoder(model) if cuda_graphs else model.decode
+        self.weights = weights  # as `load` read them from the checkpoint: for `--verbose` and `bench`
 
-    def weight_memory(self) -> dict[str, int]:
-        """Bytes of weights by storage format ("bfloat16", "fp8", "nvfp4", ...), for `show` and `--verbose`."""
-        by_format: dict[str, int] = {}
-        quantized = [m for m in self.model.modules() if isinstance(m, QuantizedWeight)]
-        for weight in quantized:
-            by_format[weight.format_name] = by_format.get(weight.format_name, 0) + weight.nbytes
-        inside = {id(b) for weight in quantized for b in weight.buffers()}
-        for tensor in [*self.model.parameters(), *self.model.buffers()]:
-            if id(tensor) not in inside:
-                key = str(tensor.dtype).removeprefix("torch.")
-                by_format[key] = by_format.get(key, 0) + tensor.numel() * tensor.element_size()
-        return by_format
+    def kernels(self) -> str:
+        """Which kernels run this model here, for reports: it changes speed and, for FP8, the arithmetic."""
+        return describe_kernels(self.device, self.weights.by_format if self.weights else {})
 
     # -- state ---------------------------------------------------------------------------------------------
 

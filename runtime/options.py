@@ -1,15 +1,84 @@
-"""Generation options: one definition of the names, defaults and valid ranges. The CLI flags, the REPL's
-/set and the server's JSON all build a `GenerationOptions`; `None` means 'the checkpoint's default'."""
+"""Generation options: the one definition of their names, aliases, types, defaults and valid ranges. The CLI's
+flags, the chat's /set and the server's JSON all build a `GenerationOptions` through `from_mapping` (or, for
+flags Typer has already typed, straight from these ranges); `None` means 'the checkpoint's default'."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from .config import GenerationDefaults
 from .errors import OptionError
 
 DEFAULT_MAX_NEW_TOKENS = 2048  # several canvases; the checkpoint's own 256 would cap answers at one canvas
+
+# Other names clients use: the CLI's and Ollama's short ones, and OpenAI's answer lengths.
+ALIASES = {
+    "steps": "max_denoising_steps",
+    "num_predict": "max_new_tokens",
+    "max_tokens": "max_new_tokens",
+    "max_completion_tokens": "max_new_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """An option's type and lowest valid value (`low` itself allowed when `closed`)."""
+
+    kind: type[int] | type[float]
+    low: int | float
+    closed: bool = True
+
+    def check(self, name: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise OptionError(f"{name} must be a finite number")
+        if value < self.low or (value == self.low and not self.closed):
+            raise OptionError(f"{name} must be {'at least' if self.closed else 'greater than'} {self.low:g}")
+
+
+OPTION_RANGES: dict[str, Range] = {
+    "max_new_tokens": Range(int, 1),
+    "max_denoising_steps": Range(int, 1),
+    "t_min": Range(float, 0, closed=False),
+    "t_max": Range(float, 0, closed=False),
+    "entropy_bound": Range(float, 0, closed=False),
+    "stability_threshold": Range(int, 0),
+    "confidence_threshold": Range(float, 0),
+    "seed": Range(int, 0),
+}
+
+OPTION_NAMES = (*OPTION_RANGES, *ALIASES)  # every name an option answers to, the reference's first
+
+
+def canonical(name: str) -> str:
+    """The reference's name for an option given by any of its names; unknown names are an error."""
+    canonical_name = ALIASES.get(name, name)
+    if canonical_name not in OPTION_RANGES:
+        raise OptionError(f"unknown option '{name}'; the options are {', '.join(OPTION_NAMES)}")
+    return canonical_name
+
+
+def convert(name: str, value: object) -> int | float:
+    """A value for the option `name` from JSON (numbers) or typed text (the chat's /set): integers for integer
+    options (2.0 is 2, 2.5 is refused), floats for the rest; never a bool. Ranges are checked by the caller."""
+    spec = OPTION_RANGES[canonical(name)]
+    number: int | float | None = None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text) if spec.kind is int else float(text)
+        except ValueError:
+            number = None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if spec.kind is float:
+            number = float(value)
+        elif isinstance(value, int) or value.is_integer():
+            number = int(value)
+    if number is None:
+        kind = "a whole number" if spec.kind is int else "a number"
+        raise OptionError(f"option '{name}': {value!r} is not {kind}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -24,14 +93,30 @@ class GenerationOptions:
     seed: int | None = None
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    def from_mapping(cls, values: Mapping[str, object]) -> GenerationOptions:
+        return cls().updated(values)
+
+    def updated(self, values: Mapping[str, object]) -> GenerationOptions:
+        """A copy with `values` applied, under any of the options' names, converted and range-checked. None keeps
+        the current value; a negative answer length means 'no limit' (Ollama's num_predict -1), the default."""
+        changes: dict[str, object] = {}
+        for given, value in values.items():
+            name = canonical(given)
+            if value is None:
+                continue
+            number = convert(given, value)
+            if name == "max_new_tokens" and number < 0:
+                changes[name] = None
+                continue
+            OPTION_RANGES[name].check(name if given == name else f"{given} ({name})", number)
+            changes[name] = number
+        return replace(self, **changes)
 
     def merged(self, **changes: object) -> GenerationOptions:
         """A copy with the non-None `changes` applied (unknown names are an error, never dropped)."""
-        unknown = set(changes) - set(self.names())
+        unknown = sorted(set(changes) - set(OPTION_RANGES))
         if unknown:
-            raise OptionError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+            raise OptionError(f"unknown generation option(s): {', '.join(unknown)}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def resolve(self, defaults: GenerationDefaults) -> ResolvedOptions:
@@ -65,16 +150,10 @@ class ResolvedOptions:
     seed: int | None
 
     def validate(self) -> None:
-        checks = (
-            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (self.max_denoising_steps >= 1, "max_denoising_steps must be at least 1"),
-            (0 < self.t_min <= self.t_max, "temperatures need 0 < t_min <= t_max"),
-            (math.isfinite(self.t_max), "t_max must be finite"),
-            (self.entropy_bound > 0, "entropy_bound must be > 0"),
-            (self.stability_threshold >= 0, "stability_threshold must be >= 0"),
-            (self.confidence_threshold >= 0, "confidence_threshold must be >= 0"),
-            (self.seed is None or self.seed >= 0, "seed must be >= 0"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise OptionError(message)
+        """Each value in its range (a checkpoint's own defaults included), and the temperatures in order."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                OPTION_RANGES[f.name].check(f.name, value)
+        if self.t_min > self.t_max:
+            raise OptionError("temperatures need t_min <= t_max")

@@ -94,6 +94,9 @@ class TensorInfo:
     path: Path
     shape: tuple[int, ...]
     dtype: str  # the safetensors tag: "BF16", "F8_E4M3", "U8", ...
+    name: str = ""  # its name in the file, where that differs from the name it is found by (encoder prefix)
+    offset: int = 0  # where its bytes start in the file
+    copy: TensorInfo | None = None  # the same tensor stored again under the other shared prefix
 
     @property
     def nbytes(self) -> int:

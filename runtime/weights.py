@@ -1,7 +1,9 @@
 """Safetensors checkpoints: the tensors a config implies, validated before anything is allocated.
 
 Checkpoint keys follow transformers' `save_pretrained` (§2.3): the shared text weights live under
-`model.decoder.*`; the encoder contributes only its own `layer_scalar`s; vision weights are skipped.
+`model.decoder.*`; the encoder contributes only its own `layer_scalar`s; vision weights are skipped. The shared
+weights may also be stored under the encoder's names (`model.encoder.language_model.*`), alone or as a second
+copy: `save_pretrained` of a compressed-tensors model writes every quantized tensor under both prefixes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from .quantization import (
 )
 
 DECODER = "model.decoder."
-ENCODER_LAYERS = "model.encoder.language_model.layers."
+ENCODER_TEXT = "model.encoder.language_model."
+ENCODER_LAYERS = f"{ENCODER_TEXT}layers."
 SKIPPED_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.", "lm_head.")
 
 
@@ -122,22 +125,89 @@ def _open(path: Path):
         raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
 
 
+def _file_header(path: Path) -> dict[str, TensorInfo]:
+    """One file's tensors. safetensors checks the file; its JSON header (after an 8-byte length) says where each
+    tensor's bytes start, for comparing shared copies without loading them."""
+    tensors: dict[str, TensorInfo] = {}
+    with _open(path) as handle, path.open("rb") as raw:
+        size = int.from_bytes(raw.read(8), "little")
+        entries = json.loads(raw.read(size))
+        for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+            entry = entries[name]
+            tensors[name] = TensorInfo(
+                path, tuple(entry["shape"]), entry["dtype"], name, 8 + size + entry["data_offsets"][0]
+            )
+    return tensors
+
+
+def shared_name(name: str) -> str:
+    """The decoder name of a shared text weight stored under the encoder's prefix; any other name unchanged.
+    The encoder's `layer_scalar`s are its own, and self-conditioning is the decoder's alone."""
+    rest = name.removeprefix(ENCODER_TEXT)
+    if rest == name or rest.endswith(".layer_scalar") or rest.startswith("self_conditioning."):
+        return name
+    return DECODER + rest
+
+
 def read_header(files: list[Path]) -> dict[str, TensorInfo]:
-    """Tensor name -> (file, shape, dtype), from the headers only."""
-    found: dict[str, TensorInfo] = {}
+    """Tensor name -> (file, shape, dtype), from the headers only.
+
+    Shared weights are found by their decoder names whichever prefix stores them (`TensorInfo.name` keeps the
+    stored one). Stored under both, the decoder copy is read and the encoder copy kept as its `copy`: shape and
+    dtype are compared here, the bytes by `check_copies`.
+    """
+    stored: dict[str, TensorInfo] = {}
     for path in files:
-        with _open(path) as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                piece = handle.get_slice(name)
-                found[name] = TensorInfo(path, tuple(piece.get_shape()), piece.get_dtype())
+        stored.update(_file_header(path))
+    found: dict[str, TensorInfo] = {}
+    for name in sorted(stored, key=lambda n: n.startswith(ENCODER_TEXT)):  # decoder names first: they are read
+        info, key = stored[name], shared_name(name)
+        first = found.get(key)
+        if first is None:
+            found[key] = info
+        elif (first.shape, first.dtype) == (info.shape, info.dtype):
+            found[key] = replace(first, copy=info)
+        else:
+            raise CheckpointError(
+                f"{name} {list(info.shape)} {info.dtype} differs from {key} {list(first.shape)} {first.dtype}, "
+                "the weight it shares"
+            )
     return found
+
+
+SAMPLE_BYTES = 4096  # compared at the start, middle and end of each copy: cheap next to reading the weights
+CHUNK_BYTES = 1 << 24
+
+
+def check_copies(found: dict[str, TensorInfo], full: bool = False) -> None:
+    """A shared weight stored twice must be stored twice the same: sampled bytes, or every byte with `full`."""
+    for info in found.values():
+        if info.copy is not None and not _same_bytes(info, info.copy, full):
+            raise CheckpointError(f"{info.copy.name}: bytes differ from {info.name}, the weight it shares")
+
+
+def _same_bytes(a: TensorInfo, b: TensorInfo, full: bool) -> bool:
+    size = a.nbytes
+    if full or size <= 3 * SAMPLE_BYTES:
+        spans = [(0, size)]
+    else:
+        spans = [(0, SAMPLE_BYTES), ((size - SAMPLE_BYTES) // 2, SAMPLE_BYTES), (size - SAMPLE_BYTES, SAMPLE_BYTES)]
+    with a.path.open("rb") as file_a, b.path.open("rb") as file_b:
+        for start, length in spans:
+            for at in range(start, start + length, CHUNK_BYTES):
+                n = min(CHUNK_BYTES, start + length - at)
+                file_a.seek(a.offset + at)
+                file_b.seek(b.offset + at)
+                if file_a.read(n) != file_b.read(n):
+                    return False
+    return True
 
 
 def validate(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]]) -> None:
     """One error listing every missing, unexpected and mis-shaped tensor."""
     text = {n: v for n, v in found.items() if not n.startswith(SKIPPED_PREFIXES) and not is_activation_scale(n)}
     missing = sorted(set(expected) - set(text))
-    unexpected = sorted(set(text) - set(expected))
+    unexpected = sorted(text[n].name or n for n in set(text) - set(expected))  # as stored: maybe encoder names
     misshaped = [
         f"{n} {list(text[n].shape)} (expected {list(shape)})"
         for n, shape in expected.items()
@@ -206,13 +276,13 @@ def _tensor_reader(
     handles: dict[Path, Any] = {}
 
     def read(name: str) -> torch.Tensor:
-        path = found[name].path
-        if path not in handles:
-            handles[path] = files.enter_context(_open(path))
+        info = found[name]
+        if info.path not in handles:
+            handles[info.path] = files.enter_context(_open(info.path))
         try:
-            return handles[path].get_tensor(name).to(device)
+            return handles[info.path].get_tensor(info.name or name).to(device)
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path.name}: cannot read {name} ({exc})") from None
+            raise CheckpointError(f"{info.path.name}: cannot read {name} ({exc})") from None
 
     return read
 
@@ -227,8 +297,11 @@ def load_state(
     dtype: torch.dtype,
     scheme: QuantScheme | None,
     transform: Transform | None = None,
+    verify: bool = False,
 ) -> dict[str, torch.Tensor | QuantizedWeight]:
     """Validate the checkpoint against the config, then read it as `module name -> tensor or quantized weight`.
+
+    Shared weights stored twice are compared by sampled bytes, or every byte with `verify`.
 
     `transform(module_name, weight)` sees each full-precision linear or expert weight as it arrives (one at a
     time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident.
@@ -236,6 +309,7 @@ def load_state(
     found = read_header(shard_files(Path(folder)))
     plan = plan_load(found, config)
     validate(found, plan.expected)
+    check_copies(found, full=verify)
 
     def keep(name: str, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor | QuantizedWeight:
         # Only full-precision weights are transformed: a checkpoint's own quantized weights stay as stored.

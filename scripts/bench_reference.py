@@ -4,9 +4,13 @@ Same process, same checkpoint, same seeds. At this depth float32 rounding alone 
 (transformers' own sdpa and eager paths differ by as much), which is enough to change sampled trajectories,
 so the share of identical ids is reported rather than required; exact parity is proven by tests/parity.
 
-    python scripts/bench_reference.py [--threads 2] [--runs 3] [--dtype float32|bfloat16|both] [--canvas 256]
+    PYTHONPATH=. python scripts/bench_reference.py [--threads 2] [--runs 3] [--dtype float32|bfloat16|both]
+    PYTHONPATH=. python scripts/bench_reference.py --canvas 64 --canvases 4
 
 The canvas is the released model's 256 tokens by default; `--canvas 64` is the shorter one earlier notes used.
+Run it from the repository root with `PYTHONPATH=.`: the random checkpoint comes from the tests' own helper
+(tests/support/checkpoints.py, not installed), dgemma_runtime from the installed package (`pip install -e '.[dev]'`,
+which also brings transformers).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import dgemma_runtime
 import torch
+
+from tests.support.checkpoints import TinySpec, load_reference, write_checkpoint
 
 MID_TEXT = {
     "vocab_size": 32768,
@@ -52,9 +58,6 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.checkpoints import TinySpec, write_checkpoint
-
     dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
     new_tokens = args.canvas * args.canvases
     print(
@@ -72,10 +75,6 @@ def main() -> None:
 
 def compare(folder: Path, dtype: torch.dtype, runs: int, new_tokens: int) -> tuple[float, float, int, int]:
     """Median seconds of transformers' and our generate() at one dtype, and how many ids agree."""
-    import dgemma_runtime
-
-    from tests.checkpoints import load_reference
-
     reference = load_reference(folder).to(dtype)
     ours = dgemma_runtime.load(folder, device="cpu", dtype=dtype)
     prompt = torch.randint(5, 30000, (1, PROMPT), generator=torch.Generator().manual_seed(0))

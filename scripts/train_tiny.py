@@ -15,7 +15,8 @@ The shipped weights come from that last line, from scratch on one H200 (2,700 st
 second run); two hours on 2 CPU cores at the defaults reach about twice its held-out loss.
 
 Writes config.json, generation_config.json and model.safetensors (bf16) next to tokenizer.json in --out;
-the resumable state (weights, optimiser, RNG, progress) lives in --work as safetensors + JSON.
+the resumable state (weights, optimiser, RNG, progress) lives in --work as safetensors + JSON. Imports the
+installed dgemma_runtime (`pip install -e .` in the checkout).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -32,16 +32,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from dgemma_runtime import Message, Tokenizer, load
+from dgemma_runtime.cache import SequenceKV
+from dgemma_runtime.config import parse_config
+from dgemma_runtime.model import DiffusionGemma
+from dgemma_runtime.weights import DECODER, ENCODER_LAYERS
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from dgemma_runtime import Message, Tokenizer, load  # noqa: E402
-from dgemma_runtime.cache import SequenceKV  # noqa: E402
-from dgemma_runtime.config import parse_config  # noqa: E402
-from dgemma_runtime.model import DiffusionGemma  # noqa: E402
-from dgemma_runtime.weights import DECODER, ENCODER_LAYERS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: default corpus, work and output folders
 
 CANVAS = 64
 GENERIC_REQUESTS = (

@@ -15,7 +15,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from tests.checkpoints import TinySpec  # noqa: E402
+from tests.support.checkpoints import TinySpec  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from dgemma_runtime import CanvasEvent, ContextFullError, FinalEvent, OptionError, StepEvent
 
-from tests.checkpoints import TinySpec, write_checkpoint
+from tests.support.checkpoints import TinySpec, write_checkpoint
 
 P1, P2 = [2, 10, 11, 12, 13, 14], [20, 21, 22]
 

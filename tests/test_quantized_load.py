@@ -17,8 +17,8 @@ from dgemma_runtime import CheckpointError, Message, OptionError, UnsupportedMod
 from dgemma_runtime.cache import KVCache
 from safetensors.torch import load_file, save_file
 
-from tests.checkpoints import TinySpec, write_checkpoint
-from tests.quant_checkpoints import DIALECTS, write_quantized
+from tests.support.checkpoints import TinySpec, write_checkpoint
+from tests.support.quant_checkpoints import DIALECTS, write_quantized
 
 # hidden 160 and dense width 144: neither is a multiple of 128, so FP8 blocks are partial along N and K.
 SPEC = TinySpec(text={"hidden_size": 160, "intermediate_size": 144, "moe_intermediate_size": 48}, seed=3)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from dgemma_runtime import Message
 
-from dgemma_cli.store import resolve
+from dgemma_cli.models.store import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 20261127  # the training corpus uses seed 0

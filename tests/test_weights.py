@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import dgemma_runtime
 import pytest
@@ -12,7 +13,8 @@ from dgemma_runtime.errors import CheckpointError, UnsupportedModelError
 from dgemma_runtime.weights import SKIPPED_PREFIXES, expected_shapes
 from safetensors.torch import load_file, save_file
 
-from tests.checkpoints import TINY_VISION, TinySpec, write_checkpoint
+from tests.support.checkpoints import TINY_VISION, TinySpec, write_checkpoint
+from tests.support.quant_checkpoints import relayout
 
 RELEASED_TEXT = RELEASED_TEXT_CONFIG
 
@@ -84,6 +86,31 @@ def test_missing_and_misshaped_tensors_in_one_error(checkpoint):
     assert "1 missing: model.decoder.layers.0.self_attn.v_proj.weight" in message
     assert "1 unexpected: model.decoder.surprise.weight" in message
     assert "model.decoder.norm.weight [7] (expected [64])" in message
+
+
+def test_encoder_names_are_reported_as_stored(checkpoint):
+    path = checkpoint / "model.safetensors"
+    tensors = load_file(path)
+    del tensors["model.encoder.language_model.layers.1.layer_scalar"]  # the encoder's own, not the decoder's
+    tensors["model.encoder.language_model.surprise.weight"] = torch.ones(2)
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError) as info:
+        dgemma_runtime.load(checkpoint, device="cpu")
+    message = str(info.value)
+    assert "1 missing: model.encoder.language_model.layers.1.layer_scalar" in message
+    assert "1 unexpected: model.encoder.language_model.surprise.weight" in message
+
+
+@pytest.mark.parametrize("layout", ["both", "encoder"])
+def test_shared_weights_under_the_encoder_prefix_load_the_same_model(tmp_path, checkpoint, layout):
+    """Shared text weights stored twice, or only under `model.encoder.language_model.*`."""
+    other = relayout(shutil.copytree(checkpoint, tmp_path / layout), layout)
+    assert any(n.startswith("model.encoder.language_model.norm") for n in load_file(other / "model.safetensors"))
+    ours = dgemma_runtime.load(other, device="cpu").model.state_dict()
+    reference = dgemma_runtime.load(checkpoint, device="cpu").model.state_dict()
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
+    assert not torch.equal(ours["layers.0.layer_scalar"], ours["layers.0.encoder_scalar"])  # each stack's own
 
 
 def test_pickled_weights_are_refused(checkpoint):

@@ -10,8 +10,8 @@ expert is used, and the embedding twice, for self-conditioning and lm_head) over
 
     python3 scripts/gpu/bench_26b.py [--prompt 1024] [--canvases 3] [--variants bf16,fp8,nvfp4,fp8-all]
 
-Runs from a checkout without installing (the packages are linked into a temporary folder). One table, JSON under
-$OUT when set.
+Imports the installed dgemma_runtime and dgemma_kernels: `pip install -e .` in the checkout first (run_all.sh
+does). One table, JSON under $OUT when set.
 """
 
 from __future__ import annotations
@@ -22,24 +22,19 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from dgemma_kernels import Fp8Weight, Nvfp4Weight, fused
+from dgemma_runtime import DiffusionGemma, Engine, FinalEvent, GenerationDefaults, StepEvent
+from dgemma_runtime.cache import KVCache
+from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
+from dgemma_runtime.quantization import install_quantized, is_quantization_target
 
-ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda"
 CANVAS = 256
 STEPS = 16
-
-
-def link_packages() -> None:
-    """Import the checkout's runtime/ and kernels/ under their installed names."""
-    folder = Path(tempfile.mkdtemp())
-    (folder / "dgemma_runtime").symlink_to(ROOT / "runtime")
-    (folder / "dgemma_kernels").symlink_to(ROOT / "kernels")
-    sys.path.insert(0, str(folder))
 
 
 def sync() -> None:
@@ -69,9 +64,6 @@ def copy_bandwidth(nbytes: int) -> float:
 def build_model(config, make=None, dense: bool = False):
     """The model on the GPU, weights ~N(0, 0.02), norms and scales 1 — no checkpoint involved. With `make`, the
     targeted weights are made directly in that format, so the bf16 versions never exist."""
-    from dgemma_runtime import DiffusionGemma
-    from dgemma_runtime.quantization import install_quantized, is_quantization_target
-
     with torch.device("meta"):
         model = DiffusionGemma(config).to(torch.bfloat16)
     for name, meta in list(model.named_parameters()):
@@ -88,16 +80,12 @@ def build_model(config, make=None, dense: bool = False):
 
 
 def random_fp8(shape: tuple[int, ...]):
-    from dgemma_kernels import Fp8Weight
-
     q = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16).mul_(64).to(torch.float8_e4m3fn)
     scale = torch.full((*shape[:-1], 1), 0.02 / 64, device=DEVICE)
     return Fp8Weight(q, scale, shape[-1])
 
 
 def random_nvfp4(shape: tuple[int, ...]):
-    from dgemma_kernels import Nvfp4Weight
-
     *lead, K = shape
     packed = torch.randint(0, 256, (*lead, K // 2), dtype=torch.uint8, device=DEVICE)
     block = (torch.rand((*lead, K // 16), device=DEVICE) * 400 + 8).to(torch.float8_e4m3fn)
@@ -112,8 +100,6 @@ def weight_bytes(model) -> tuple[int, int]:
 
 def graph_decode_ms(engine, prompt_len: int) -> float | None:
     """The decoder forward alone, captured once as a CUDA graph and replayed (GPU time without launch gaps)."""
-    from dgemma_runtime.cache import KVCache
-
     if DEVICE != "cuda":
         return None
     try:
@@ -148,8 +134,6 @@ def graph_decode_ms(engine, prompt_len: int) -> float | None:
 
 def unfused(work, *args):
     """`work(*args)` with the norm/RoPE/GELU chains as separate PyTorch ops: what the fused kernels save."""
-    from dgemma_kernels import fused
-
     fused.enabled = False
     try:
         return work(*args)
@@ -158,8 +142,6 @@ def unfused(work, *args):
 
 
 def measure(engine, prompt_len: int, canvases: int) -> dict:
-    from dgemma_runtime import FinalEvent, StepEvent
-
     prompt = torch.randint(
         0, engine.config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)
     ).tolist()
@@ -191,8 +173,6 @@ def measure(engine, prompt_len: int, canvases: int) -> dict:
 
 
 def run_variant(variant: str, config, defaults, args, bandwidth: float) -> dict:
-    from dgemma_runtime import Engine
-
     maker = {"bf16": None, "nvfp4": random_nvfp4}.get(variant.split("-")[0], random_fp8)
     model = build_model(config, maker, dense=variant.endswith("-all"))
     total, embed = weight_bytes(model)
@@ -218,10 +198,6 @@ def main() -> None:
     parser.add_argument("--dry-run-cpu", action="store_true", help="a small config on the CPU, to test this script")
     args = parser.parse_args()
     global DEVICE, CANVAS
-    link_packages()
-    from dgemma_runtime import GenerationDefaults
-    from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
-
     text = dict(RELEASED_TEXT_CONFIG)
     if args.dry_run_cpu:
         DEVICE, CANVAS = "cpu", 32

@@ -10,33 +10,26 @@ reported as a fraction of a measured device-to-device copy. Exits 1 if any check
     python3 scripts/gpu/check_kernels.py --budget-s 120 # start no check after 120 s (default 450: 8 minutes in all)
     python3 scripts/gpu/check_kernels.py --dry-run-cpu  # tiny shapes through the Triton interpreter
 
-The package need not be installed: `kernels/` is linked as `dgemma_kernels` into a temp dir on sys.path.
+Imports the installed dgemma_kernels: `pip install -e .` in the checkout first (run_all.sh does).
 With OUT set, the table is also written to $OUT/check_kernels.json, rewritten after every check.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
 import sys
-import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 DRY_RUN = "--dry-run-cpu" in sys.argv
 if DRY_RUN:
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-REPO = Path(__file__).resolve().parents[2]
-_link_dir = Path(tempfile.mkdtemp(prefix="dgemma-kernels-"))
-(_link_dir / "dgemma_kernels").symlink_to(REPO / "kernels", target_is_directory=True)
-sys.path.insert(0, str(_link_dir))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import asdict, dataclass, replace  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -5,18 +5,19 @@ while the MoE kernels account for ~15 ms of it; this names the rest. Builds the 
 weights (bf16 or quantized experts), encodes a prompt, then profiles a few decoder forwards with torch.profiler.
 
     python3 scripts/gpu/profile_step.py [--variant bf16|fp8|nvfp4] [--prompt 1024] [--rows 25]
+
+Imports the installed dgemma_runtime and dgemma_kernels (`pip install -e .` in the checkout first; run_all.sh
+does), and bench_26b beside it, which Python finds because it puts a script's own folder on the path.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
+import bench_26b  # the model builders, beside this file
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_26b  # the model builders and the package links
+from dgemma_runtime.cache import KVCache
+from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
 
 
 def main() -> None:
@@ -26,10 +27,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--dry-run-cpu", action="store_true", help="a small config on the CPU, to test this script")
     args = parser.parse_args()
-    bench_26b.link_packages()
-    from dgemma_runtime.cache import KVCache
-    from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
-
     text = dict(RELEASED_TEXT_CONFIG)
     canvas_length = 256
     if args.dry_run_cpu:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoints import write_chat_checkpoint
-from tests.cli.helpers import DGEMMA, FAST, PROMPT, dgemma, dgemma_env, ok
+from tests.support.checkpoints import write_chat_checkpoint
+from tests.support.cli import DGEMMA, FAST, PROMPT, dgemma, dgemma_env, ok
 
 
 def pytest_collection_modifyitems(items):

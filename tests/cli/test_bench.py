@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.cli.helpers import assert_one_line_error, dgemma, ok
+from tests.support.cli import assert_one_line_error, dgemma, ok
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from dgemma_cli.app import LoadSettings, load_model
 from dgemma_cli.chat import Chat, NoModelLoaded
-from tests.checkpoints import write_chat_checkpoint
+from tests.support.checkpoints import write_chat_checkpoint
 
 SETTINGS = LoadSettings(device="cpu", dtype="auto", quant=None, quant_dense=False)
 

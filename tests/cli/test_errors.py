@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli.helpers import FAST, PROMPT, assert_one_line_error, dgemma
+from tests.support.cli import FAST, PROMPT, assert_one_line_error, dgemma
 
 
 def truncate_weights(folder: Path) -> None:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.cli.helpers import FAST, PROMPT, dgemma, ok
+from tests.support.cli import FAST, PROMPT, dgemma, ok
 
 
 @pytest.fixture(scope="module")

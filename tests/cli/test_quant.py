@@ -12,8 +12,8 @@ import pytest
 from dgemma_runtime.quantization import QUANTIZE_AT_LOAD
 
 from dgemma_cli.app import Precision
-from tests.cli.helpers import FAST, PROMPT, assert_one_line_error, dgemma, facts, ok
-from tests.quant_checkpoints import write_quantized
+from tests.support.cli import FAST, PROMPT, assert_one_line_error, dgemma, facts, ok
+from tests.support.quant_checkpoints import write_quantized
 
 QUICK = (*FAST, "--steps", "4", "--seed", "1")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dgemma_cli import store
-from tests.cli.helpers import FAST, PROMPT, assert_one_line_error, dgemma, dgemma_env, facts, needs_builtin, ok
+from dgemma_cli.models import store
+from tests.support.cli import FAST, PROMPT, assert_one_line_error, dgemma, dgemma_env, facts, needs_builtin, ok
 
 NOT_FOUND = "model 'mine' not found — see 'dgemma list', or 'dgemma pull mine'"
 

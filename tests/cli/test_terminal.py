@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.cli.helpers import DGEMMA, PROMPT, TIMEOUT, Screen, dgemma, ok, plain, squeeze
+from tests.support.cli import DGEMMA, PROMPT, TIMEOUT, Screen, dgemma, ok, plain, squeeze
 
 pexpect = pytest.importorskip("pexpect")
 

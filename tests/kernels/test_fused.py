@@ -211,7 +211,7 @@ def test_decoder_with_fused_kernels_matches_pytorch(monkeypatch, tmp_path):
     import dgemma_runtime
     from dgemma_runtime.cache import KVCache
 
-    from tests.checkpoints import TinySpec, write_checkpoint
+    from tests.support.checkpoints import TinySpec, write_checkpoint
 
     folder = write_checkpoint(TinySpec(text={"hidden_size": 96}), tmp_path / "tiny")
     engine = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16")

@@ -7,7 +7,7 @@ import dgemma_runtime
 import pytest
 import torch
 
-from tests.checkpoints import TinySpec, load_reference, write_checkpoint
+from tests.support.checkpoints import TinySpec, load_reference, write_checkpoint
 
 PROMPT_LEN = 12
 # A random model is never confident at the released thresholds; these make stable-and-confident fire at

@@ -8,7 +8,7 @@ import torch
 from dgemma_runtime.cache import KVCache
 from transformers import DynamicCache
 
-from tests.checkpoints import TinySpec, load_reference, write_checkpoint
+from tests.support.checkpoints import TinySpec, load_reference, write_checkpoint
 
 TOLERANCE = 1e-5
 

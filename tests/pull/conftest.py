@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoints import write_chat_checkpoint
-from tests.pull.helpers import NEVER, PROXIES, REPO
-from tests.pull.hub import FakeHub, Repo
+from tests.support.checkpoints import write_chat_checkpoint
+from tests.support.hub import FakeHub, Repo
+from tests.support.pull import NEVER, PROXIES, REPO
 
 
 @pytest.fixture(scope="session")

@@ -11,17 +11,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dgemma_runtime import UnsupportedModelError
+from dgemma_runtime import UnsupportedModelError, detect_scheme
 from huggingface_hub import constants, hf_hub_download, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, close_session
 from safetensors.torch import load_file, save_file
 
-from dgemma_cli import pull, store
 from dgemma_cli.errors import UsageProblem
-from dgemma_cli.hfcache import RepoCache
-from dgemma_cli.hub import HubError, target
-from dgemma_cli.transfer import Digest, fetch
-from tests.pull.helpers import NAME, PROXIES, REPO
+from dgemma_cli.models import pull, store
+from dgemma_cli.models.cache import RepoCache
+from dgemma_cli.models.hub import HubError, target
+from dgemma_cli.models.transfer import Digest, fetch
+from tests.support.pull import NAME, PROXIES, REPO
 
 WEIGHTS = "model.safetensors"
 
@@ -112,12 +112,12 @@ def test_not_wanted(path):
 
 def test_quantization_is_read_from_the_configs(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({}))
-    assert pull.quantization(tmp_path) == "none"
+    assert detect_scheme(tmp_path) is None
     (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "NVFP4"}}))
-    assert pull.quantization(tmp_path) == "nvfp4"
+    assert detect_scheme(tmp_path).precision == "nvfp4"
     quantized = {"quantization_config": {"quant_method": "compressed-tensors", "format": "float-quantized"}}
     (tmp_path / "config.json").write_text(json.dumps(quantized))
-    assert pull.quantization(tmp_path) == "fp8"
+    assert detect_scheme(tmp_path).precision == "fp8"
 
 
 def test_not_enough_disk_space(monkeypatch, tmp_path):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download, try_to_load_from_cache
 
-from tests.pull.helpers import DGEMMA, NAME, NEVER, REPO, dgemma, failure, ok
-from tests.quant_checkpoints import write_quantized
+from tests.support.pull import DGEMMA, NAME, NEVER, REPO, dgemma, failure, ok
+from tests.support.quant_checkpoints import write_quantized
 
 WEIGHTS = "model.safetensors"
 

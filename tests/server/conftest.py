@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dgemma_cli import store
-from tests.checkpoints import write_chat_checkpoint
-from tests.cli.helpers import DGEMMA, dgemma_env
+from dgemma_cli.models import store
+from tests.support.checkpoints import write_chat_checkpoint
+from tests.support.cli import DGEMMA, dgemma_env
 
 STARTUP_SECONDS = 60  # imports and a first model load on 2 shared cores
 LISTENING = re.compile(r"on (http://127\.0\.0\.1:\d+)")

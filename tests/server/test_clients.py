@@ -7,7 +7,7 @@ import ollama
 import openai
 import pytest
 
-from tests.cli.helpers import FAST, PROMPT, dgemma, ok
+from tests.support.cli import FAST, PROMPT, dgemma, ok
 
 LENGTH = int(FAST[1])  # the --max-new-tokens of `dgemma run`: two canvases of the 16-token test model
 

@@ -6,9 +6,10 @@ import asyncio
 
 from dgemma_runtime import CanvasEvent, GenerationStats
 
-from dgemma_cli import ollama_api, openai_api
-from dgemma_cli.store import Manifest
-from dgemma_cli.worker import Finished, Job, Started
+from dgemma_cli.models.store import Manifest
+from dgemma_cli.serve import ollama as ollama_api
+from dgemma_cli.serve import openai as openai_api
+from dgemma_cli.serve.worker import Finished, Job, Started
 
 STATS = GenerationStats(
     prompt_tokens=9,

@@ -14,9 +14,9 @@ import openai
 import pytest
 from dgemma_runtime import TextStream, Tokenizer, load_config
 
-from tests.cli.helpers import PROMPT, assert_one_line_error, dgemma
-from tests.pull.helpers import PROXIES
-from tests.pull.hub import FakeHub
+from tests.support.cli import PROMPT, assert_one_line_error, dgemma
+from tests.support.hub import FakeHub
+from tests.support.pull import PROXIES
 
 CLIENTS = 4
 HUB_REPO = "acme/tiny-chat"

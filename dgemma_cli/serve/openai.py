@@ -13,8 +13,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
-from . import store
-from .api_schema import (
+from ..models import store
+from .schema import (
     BadRequest,
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,7 +26,7 @@ from .api_schema import (
     read_body,
     user_prompt,
 )
-from .server import Transcript, listed_models, model_name, sse, state_of, step_frame
+from .shared import Transcript, listed_models, model_name, sse, state_of, step_frame
 from .worker import Finished, Item
 
 router = APIRouter(prefix="/v1")

@@ -142,3 +142,97 @@ def write_quantized(src: Path, dst: Path, dialect: str, dense: bool = True) -> P
         if (src / extra).exists():
             (dst / extra).write_bytes((src / extra).read_bytes())
     return dst
+
+
+# -- compressed-tensors' own compressor, saved by transformers ---------------------------------------------------
+
+DECODER, ENCODER_TEXT = "model.decoder.", "model.encoder.language_model."
+# What llm-compressor's DiffusionGemma recipes leave in full precision (quant-formats notes §3.5).
+CT_IGNORE = ["lm_head", "re:.*router.*", "re:.*self_conditioning.*", "re:.*vision.*", "re:.*embed.*"]
+
+
+class _Expert(torch.nn.Module):
+    """One expert as separate Linears, as llm-compressor's calibration modules split the fused 3-D experts."""
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor):
+        super().__init__()
+        gate, up = gate_up.chunk(2)
+        self.gate_proj, self.up_proj, self.down_proj = (_linear(w) for w in (gate, up, down))
+
+
+def _linear(weight: torch.Tensor) -> torch.nn.Linear:
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    layer.weight.data.copy_(weight)
+    return layer
+
+
+def _calibrate(module: torch.nn.Module) -> None:
+    """The weight scales an observer would set: min/max of each NVFP4 block (under one global scale) or FP8 row."""
+    from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+
+    w, args = module.weight.data, module.quantization_scheme.weights
+    if args.num_bits == 4:
+        global_scale = generate_gparam(w.amin(), w.amax())
+        blocks = w.unflatten(-1, (-1, args.group_size))
+        scale, _ = calculate_qparams(blocks.amin(-1), blocks.amax(-1), args, global_scale=global_scale)
+        module.weight_global_scale.data.copy_(global_scale)
+    else:
+        scale, _ = calculate_qparams(w.amin(-1, keepdim=True), w.amax(-1, keepdim=True), args)
+    module.weight_scale.data.copy_(scale)
+
+
+def write_compressed(src: Path, dst: Path, precision: str) -> Path:
+    """`src` quantized (experts, attention, dense MLP) by compressed-tensors and saved as llm-compressor saves:
+    `ModelCompressor.compress_model`, then transformers' `save_pretrained`. The encoder's and decoder's Linears are
+    separate modules whose tied weights compress apart, so every quantized tensor is written under both
+    `model.decoder.*` and `model.encoder.language_model.*`; tied full-precision tensors are written once."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
+    from compressed_tensors.quantization.quant_scheme import FP8_DYNAMIC, NVFP4A16
+
+    from tests.support.checkpoints import load_reference
+
+    model = load_reference(src)
+    for text in (model.model.decoder, model.model.encoder.language_model):
+        for layer in text.layers:
+            experts = layer.experts
+            layer.experts = torch.nn.ModuleList(map(_Expert, experts.gate_up_proj.data, experts.down_proj.data))
+    preset = NVFP4A16 if precision == "nvfp4" else FP8_DYNAMIC
+    scheme = QuantizationScheme(targets=["Linear"], **preset)
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=CT_IGNORE))
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "quantization_scheme"):
+                _calibrate(module)
+    compressor = ModelCompressor.from_pretrained_model(model)
+    compressor.compress_model(model)
+    model.save_pretrained(dst)
+    compressor.update_config(dst)
+    if (src / "tokenizer.json").exists():
+        (dst / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    return dst
+
+
+def _is_shared(rest: str) -> bool:
+    """A decoder tensor (name past `model.decoder.`) the encoder ties to: all but self-conditioning and the
+    per-stack layer scalars (buffers, which transformers does not tie)."""
+    return not rest.startswith("self_conditioning.") and not rest.endswith("layer_scalar")
+
+
+def relayout(folder: Path, layout: str) -> Path:
+    """Rewrite where the shared tensors of `folder` are stored: "decoder" (one copy, under the decoder's names),
+    "both" (every shared tensor under both prefixes) or "encoder" (only under the encoder's names)."""
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    shared = [n.removeprefix(DECODER) for n in tensors if n.startswith(DECODER) and _is_shared(n.removeprefix(DECODER))]
+    for rest in shared:
+        if layout == "decoder":
+            tensors.pop(ENCODER_TEXT + rest, None)
+        elif layout == "both":
+            tensors.setdefault(ENCODER_TEXT + rest, tensors[DECODER + rest].clone())
+        elif layout == "encoder":
+            tensors[ENCODER_TEXT + rest] = tensors.pop(DECODER + rest)
+        else:
+            raise ValueError(layout)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return folder

@@ -7,13 +7,11 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar
 
-from dgemma_runtime import DgemmaError, GenerationOptions, Message, Tokenizer
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from dgemma_runtime import OPTION_NAMES, DgemmaError, GenerationOptions, Message, Tokenizer
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
-
-from .chat import ALIASES
 
 # Ollama's own options that mean nothing to a diffusion sampler: accepted, so its clients work, and ignored.
 OLLAMA_IGNORED = frozenset(
@@ -49,12 +47,9 @@ OLLAMA_IGNORED = frozenset(
         "stop",
     )
 )
-# Names OpenAI gives the answer length; the diffusion options travel beside them as extra fields.
-OPENAI_ALIASES = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens"}
 ROLES = {"system", "developer", "user", "assistant", "model"}
 DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-OPTION_TYPES = {name: TypeAdapter(hint) for name, hint in get_type_hints(GenerationOptions).items()}
 
 Body = TypeVar("Body", bound=BaseModel)
 Render = Callable[[Tokenizer], list[int]]
@@ -182,34 +177,16 @@ async def read_body(request: Request, kind: type[Body]) -> Body:
 # -- options ---------------------------------------------------------------------------------------
 
 
-def generation_options(values: Mapping[str, object]) -> GenerationOptions:
-    """Options from JSON values under their reference names or aliases; a negative length means 'no limit'
-    (Ollama's num_predict -1), which is the default. Unknown names and wrong types are refused."""
-    changes: dict[str, object] = {}
-    for given, value in values.items():
-        name = ALIASES.get(given) or OPENAI_ALIASES.get(given) or given
-        if name not in OPTION_TYPES:
-            raise BadRequest(f"unknown option '{given}'")
-        try:
-            value = OPTION_TYPES[name].validate_python(value)
-        except ValidationError:
-            raise BadRequest(f"option '{given}': {value!r} is not a valid value") from None
-        if name == "max_new_tokens" and value is not None and value < 0:
-            value = None
-        changes[name] = value
-    return GenerationOptions().merged(**changes)
-
-
 def ollama_options(options: Mapping[str, object]) -> GenerationOptions:
-    return generation_options({k: v for k, v in options.items() if k not in OLLAMA_IGNORED})
+    return GenerationOptions.from_mapping({k: v for k, v in options.items() if k not in OLLAMA_IGNORED})
 
 
 def openai_options(body: OpenAIRequest) -> GenerationOptions:
     """max_tokens (or max_completion_tokens) and seed, plus any diffusion option given as an extra field."""
     extra = body.model_extra or {}
-    known = {k: v for k, v in extra.items() if k in OPTION_TYPES or k in ALIASES}
+    known = {k: v for k, v in extra.items() if k in OPTION_NAMES}
     named = {"max_tokens": body.max_tokens, "max_completion_tokens": body.max_completion_tokens, "seed": body.seed}
-    return generation_options(known | {k: v for k, v in named.items() if v is not None})
+    return GenerationOptions.from_mapping(known | {k: v for k, v in named.items() if v is not None})
 
 
 def keep_alive_seconds(value: float | str | None, default: float) -> float:

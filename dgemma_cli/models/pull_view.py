@@ -17,8 +17,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .errors import EXIT_INTERRUPTED
-from .facts import human
+from ..errors import EXIT_INTERRUPTED
+from ..units import human
 from .hub import Target
 from .pull import Event, FileProgress, FileStarted, Note, Planned, Pulled, Resolved, Verified
 

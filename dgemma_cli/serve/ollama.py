@@ -12,16 +12,17 @@ from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
 
-from dgemma_runtime import CanvasEvent, DgemmaError, StepEvent, load_config
-from dgemma_runtime.weights import parameter_counts
+from dgemma_runtime import CanvasEvent, DgemmaError, StepEvent, inspect, load_config
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 
-from . import pull as pulling
-from . import store
-from .api_schema import (
+from ..facts import model_facts
+from ..models import pull as pulling
+from ..models import store
+from ..units import count
+from .schema import (
     BadRequest,
     ChatRequest,
     GenerateRequest,
@@ -36,8 +37,7 @@ from .api_schema import (
     read_body,
     user_prompt,
 )
-from .facts import count, model_facts
-from .server import Transcript, listed_models, model_name, ndjson, state_of, step_frame
+from .shared import Transcript, listed_models, model_name, ndjson, state_of, step_frame
 from .worker import Finished, Item, Job, Started
 
 router = APIRouter(prefix="/api")
@@ -150,7 +150,7 @@ def digest(manifest: store.Manifest) -> str:
 
 def details(manifest: store.Manifest) -> dict[str, object]:
     try:
-        size = count(parameter_counts(load_config(manifest.folder)[0])[0])
+        size = count(inspect(manifest.folder).parameters[0])
     except DgemmaError:  # a folder that is not (or no longer) a readable model still gets listed
         size = ""
     return {
@@ -184,7 +184,8 @@ async def show(request: Request) -> dict[str, object]:
     body = await read_body(request, ModelRequest)
     state = state_of(request)
     manifest = state.manifest(body.ref)
-    config, defaults = load_config(manifest.folder)
+    checkpoint = inspect(manifest.folder)
+    config, defaults = checkpoint.config, checkpoint.defaults
     sampler = {k: v for k, v in asdict(defaults).items() if k not in ("eos_token_ids", "pad_token_id")}
     return {
         "license": "",
@@ -194,10 +195,10 @@ async def show(request: Request) -> dict[str, object]:
         "details": details(manifest),
         "model_info": {
             "general.architecture": "diffusion_gemma",
-            "general.parameter_count": parameter_counts(config)[0],
+            "general.parameter_count": checkpoint.parameters[0],
             "diffusion_gemma.context_length": config.max_position_embeddings,
             "diffusion_gemma.canvas_length": config.canvas_length,
-            **{f"dgemma.{label.replace(' ', '_')}": value for label, value in model_facts(manifest)},
+            **{f"dgemma.{label.replace(' ', '_')}": value for label, value in model_facts(manifest, checkpoint)},
         },
         "capabilities": ["completion", "thinking"],
         "modified_at": manifest.modified or None,
@@ -262,7 +263,7 @@ class PullStatus:
 
 @router.post("/pull")
 async def pull(request: Request) -> Response:
-    from .hub import target  # huggingface_hub loads only when a pull is asked for
+    from ..models.hub import target  # huggingface_hub loads only when a pull is asked for
 
     body = await read_body(request, PullRequest)
     if not body.ref:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import re
 import shutil
 import time
@@ -16,17 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgemma_runtime import CheckpointError, DgemmaError, TextConfig, load_config
-from dgemma_runtime.config import read_json
-from dgemma_runtime.quantization import detect_scheme
-from dgemma_runtime.weights import plan_load, read_header, shard_files, validate
+from dgemma_runtime import CheckpointError, CheckpointInfo, DgemmaError, detect_scheme, inspect, load_config
 from huggingface_hub import constants, hf_hub_url, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import build_hf_headers
 
+from ..units import human
 from . import store
-from .facts import human
-from .hfcache import RepoCache
+from .cache import RepoCache
 from .hub import HubUnreachable, RemoteFile, RepoInfo, Target, hub_errors, repo_info
 from .transfer import Digest, Interrupted, fetch
 
@@ -147,11 +145,11 @@ class _Download:
         yield self._plan(files)
         for file in files:
             yield from self._get(file)
-        config, _ = load_config(self.snapshot)  # generation_config.json too, now it is here
-        yield _check_weights(self.snapshot, config, files=len(files), hashes=True)
+        checkpoint = inspect(self.snapshot)
+        yield Verified(files=len(files), tensors=len(checkpoint.tensors), hashes=True)
         self.cache.write_ref(self.goal.revision or "main", self.info.commit)
         manifest = _save(
-            self.goal, self.snapshot, self.info.commit, [(f.path, f.size, self.sha256[f.path]) for f in files]
+            self.goal, checkpoint, self.info.commit, [(f.path, f.size, self.sha256[f.path]) for f in files]
         )
         yield Pulled(manifest, self.downloaded, time.perf_counter() - started)
 
@@ -159,8 +157,8 @@ class _Download:
         files = self.info.files
         if INDEX in files:
             try:
-                names = sorted(set(read_json(self.snapshot / INDEX)["weight_map"].values()))
-            except (KeyError, AttributeError) as exc:
+                names = sorted(set(json.loads((self.snapshot / INDEX).read_text())["weight_map"].values()))
+            except (KeyError, AttributeError, json.JSONDecodeError) as exc:
                 raise CheckpointError(f"{INDEX}: malformed shard index ({exc})") from None
         else:
             names = ["model.safetensors"] if "model.safetensors" in files else []
@@ -231,19 +229,6 @@ def check_space(folder: Path, need: int) -> None:
         raise PullError(f"not enough disk space in {existing}: need {human(need)}, have {human(free)}")
 
 
-def _check_weights(folder: Path, config: TextConfig, files: int, hashes: bool) -> Verified:
-    """The headers of every shard parse, and the tensors (quantized or not) are exactly those config.json implies."""
-    found = read_header(shard_files(folder))
-    validate(found, plan_load(found, config).expected)
-    return Verified(files=files, tensors=len(found), hashes=hashes)
-
-
-def quantization(folder: Path) -> str:
-    """ "fp8" or "nvfp4" for a quantized checkpoint (the runtime's reading of its configs), else "none"."""
-    scheme = detect_scheme(folder)
-    return scheme.precision if scheme else "none"
-
-
 def _from_cache(goal: Target, cache: RepoCache, reason: str, advice: str) -> Iterator[Event]:
     """Register a snapshot already in the Hugging Face cache (pulled before, or fetched by `hf download`)."""
     try:
@@ -262,11 +247,11 @@ def _from_cache(goal: Target, cache: RepoCache, reason: str, advice: str) -> Ite
         ) from None
     yield Resolved(goal.repo_id, folder.name, goal.ref)
     yield Note(f"{reason}: using the cached snapshot")
-    config, _ = load_config(folder)
-    paths = {p for p in folder.iterdir() if wanted(p.name)} | set(shard_files(folder))
-    yield _check_weights(folder, config, files=len(paths), hashes=False)
+    checkpoint = inspect(folder)
+    paths = {p for p in folder.iterdir() if wanted(p.name)} | {checkpoint.tensors[n].path for n in checkpoint.tensors}
+    yield Verified(files=len(paths), tensors=len(checkpoint.tensors), hashes=False)
     files = [(p.name, p.stat().st_size, _sha256_of(p)) for p in paths]
-    yield Pulled(_save(goal, folder, folder.name, files), 0, 0.0)
+    yield Pulled(_save(goal, checkpoint, folder.name, files), 0, 0.0)
 
 
 def _sha256_of(path: Path) -> str:
@@ -287,14 +272,14 @@ def _kept(partial: Path, size: int) -> int:
     return kept if kept <= size else 0
 
 
-def _save(goal: Target, folder: Path, commit: str, files: list[tuple[str, int, str]]) -> store.Manifest:
+def _save(goal: Target, checkpoint: CheckpointInfo, commit: str, files: list[tuple[str, int, str]]) -> store.Manifest:
     manifest = store.Manifest(
         name=goal.name,
         tag=goal.tag,
-        path=str(folder),
+        path=str(checkpoint.folder),
         source=f"hf:{goal.repo_id}",
         revision=commit,
-        quantization=quantization(folder),
+        quantization=checkpoint.scheme.precision if checkpoint.scheme else "none",
         files=[{"name": name, "size": size, "sha256": sha} for name, size, sha in sorted(files)],
     )
     store.save(manifest)

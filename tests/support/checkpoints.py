@@ -96,7 +96,7 @@ def load_reference(folder: Path):
     return DiffusionGemmaForBlockDiffusion.from_pretrained(folder).eval()
 
 
-TOKENIZER = Path(__file__).resolve().parent.parent / "dgemma_cli" / "builtin" / "dgemma-tiny" / "tokenizer.json"
+TOKENIZER = Path(__file__).resolve().parents[2] / "dgemma_cli" / "builtin" / "dgemma-tiny" / "tokenizer.json"
 
 
 def write_chat_checkpoint(folder: Path, seed: int = 0, canvas_length: int = 16) -> Path:

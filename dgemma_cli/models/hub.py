@@ -20,8 +20,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from ..errors import UsageProblem
 from . import store
-from .errors import UsageProblem
 
 
 class HubError(DgemmaError):

@@ -20,7 +20,7 @@ from pathlib import Path
 import platformdirs
 from dgemma_runtime import DgemmaError
 
-from .hfcache import delete_snapshot
+from .cache import delete_snapshot
 
 BUILTIN = {"dgemma-tiny": "builtin/dgemma-tiny"}  # name -> folder inside the dgemma_cli package
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

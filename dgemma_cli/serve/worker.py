@@ -22,13 +22,13 @@ from dgemma_runtime import (
     FinalEvent,
     GenerationOptions,
     GenerationStats,
+    ResolvedOptions,
     StepEvent,
     Tokenizer,
-    memory,
+    reclaim,
 )
-from dgemma_runtime.options import ResolvedOptions
 
-from .store import Manifest
+from ..models.store import Manifest
 
 POLL_SECONDS = 0.25  # how often a waiting request checks that its client is still there
 
@@ -332,7 +332,7 @@ class Worker:
         if self._resident is None:
             return
         self._resident = None
-        memory.reclaim()
+        reclaim()
 
     def _end(self, jobs: list[Job], error: Exception | None = None) -> None:
         with self._cond:
