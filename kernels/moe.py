@@ -1,8 +1,7 @@
 """Matrix products over weights in any precision: the MoE's grouped product and the dense linear.
 
-On a CUDA tensor with Triton available, quantized weights go to the Triton kernel, which dequantizes inside
-its K loop; everywhere else (the CPU, tests) the reference dequantizes the weight and calls PyTorch.
-Triton is imported only when a CUDA tensor asks for it.
+On a GPU (`backend.on_gpu`), FP8 and NVFP4 weights go to the Triton kernel (`triton_moe.py`), which dequantizes
+inside its K loop; everywhere else (the CPU, tests) the reference dequantizes the weight and calls PyTorch.
 """
 
 from __future__ import annotations
@@ -10,19 +9,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import fused
-from .backend import scaled_mm_supported, triton_available
+from .backend import gpu_kernel
 from .formats import Fp8Weight, Nvfp4Weight, QuantizedWeight
 from .fused import gelu_mul
-from .scaled_mm import fp8_linear_scaled_mm
 
 Weight = torch.Tensor | QuantizedWeight
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # the public name is newer than the op
 
 
-def use_triton(x: torch.Tensor, weight: Weight) -> bool:
+def _kernel_format(weight: Weight) -> bool:
     # The Triton kernel reads FP8 and NVFP4; the bitsandbytes formats go through their own dequantization.
-    return isinstance(weight, Fp8Weight | Nvfp4Weight) and x.is_cuda and triton_available()
+    return isinstance(weight, Fp8Weight | Nvfp4Weight)
 
 
 def grouped_matmul_reference(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:
@@ -50,15 +47,25 @@ def grouped_matmul_padded(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tenso
     return torch.bmm(padded, w.transpose(1, 2))[expert, slot]
 
 
+@gpu_kernel("triton_moe.grouped_matmul_triton", when=lambda x, weight, offsets: _kernel_format(weight))
 def grouped_matmul(x: torch.Tensor, weight: Weight, offsets: torch.Tensor) -> torch.Tensor:
     """Each expert e multiplies rows offsets[e-1]:offsets[e] of x by its weight: [M, K] -> [M, N]."""
-    if use_triton(x, weight):
-        from .triton_moe import grouped_matmul_triton
-
-        return grouped_matmul_triton(x, weight, offsets)
     return grouped_matmul_reference(x, weight, offsets)
 
 
+def sort_by_expert(experts: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert ids [T, top_k] -> the (token, k) pairs sorted by expert, as flat indices token·top_k + k (stable), and
+    each expert's cumulative row end in that order, int32 [num_experts]."""
+    sorted_ids, order = torch.sort(experts.reshape(-1), stable=True)
+    # From the sorted ids: bincount would read the largest id back to the host (a sync on a GPU).
+    ids = torch.arange(num_experts, device=experts.device)
+    return order, torch.searchsorted(sorted_ids, ids, right=True, out_int32=True)
+
+
+@gpu_kernel(
+    "triton_moe.experts_forward_triton",
+    when=lambda x, weights, experts, gate_up, down: _triton_reads(gate_up) and _triton_reads(down),
+)
 def experts_forward(
     x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: Weight, down: Weight
 ) -> torch.Tensor:
@@ -70,19 +77,8 @@ def experts_forward(
     pair order (no sorted copies of the activations, no scatter), for bf16 weights too: measured on an H200 the
     kernel beat `grouped_mm` there (gate_up 303 vs 342 µs, down 171 vs 205 µs). Elsewhere, the reference's own
     sequence of operations."""
-    T, K = experts.shape
-    sorted_ids, order = torch.sort(experts.reshape(-1), stable=True)
-    # Each expert's cumulative row end, from the sorted ids (bincount would read the largest id back to the host:
-    # a sync on a GPU).
-    ids = torch.arange(gate_up.shape[0], device=x.device)
-    offsets = torch.searchsorted(sorted_ids, ids, right=True, out_int32=True)
-    if fused.use_triton(x) and all(_triton_reads(w) for w in (gate_up, down)):
-        from .triton_moe import grouped_matmul_triton
-
-        gate, up = grouped_matmul_triton(x, gate_up, offsets, gather=(order, K)).chunk(2, dim=-1)
-        pairs = grouped_matmul_triton(gelu_mul(gate, up), down, offsets, scatter=(order, weights.reshape(-1)))
-        return pairs.view(T, K, -1).sum(1)
-    token = order // K
+    order, offsets = sort_by_expert(experts, gate_up.shape[0])
+    token = order // experts.shape[1]
     gate, up = grouped_matmul(x[token], gate_up, offsets).chunk(2, dim=-1)
     y = grouped_matmul(gelu_mul(gate, up), down, offsets)
     y = (y * weights.reshape(-1)[order, None]).to(x.dtype)  # weighted in fp32, as the reference
@@ -92,23 +88,11 @@ def experts_forward(
 def _triton_reads(weight: Weight) -> bool:
     """FP8 and NVFP4, and half-precision plain weights (fp32 ones keep PyTorch's exact fp32 products)."""
     if isinstance(weight, QuantizedWeight):
-        return isinstance(weight, Fp8Weight | Nvfp4Weight)
+        return _kernel_format(weight)
     return weight.dtype in (torch.bfloat16, torch.float16)
 
 
+@gpu_kernel("triton_moe.linear_triton", when=lambda x, weight: _kernel_format(weight))
 def linear(x: torch.Tensor, weight: Weight) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T: a dense layer is the grouped product with one group."""
-    if not isinstance(weight, QuantizedWeight):
-        return F.linear(x, weight)
-    if isinstance(weight, Fp8Weight) and weight.group >= weight.shape[-1] and scaled_mm_supported(x.device):
-        # FP8 × FP8 on FP8 tensor cores: 63 µs against the W8A16 Triton kernel's 140 µs for a 256-token canvas
-        # through a 4224×2816 layer (H200, scripts/gpu/check_kernels.py).
-        return fp8_linear_scaled_mm(x, weight)
-    if not use_triton(x, weight):
-        return F.linear(x, weight.dequantize(x.dtype))
-    flat = x.reshape(-1, x.shape[-1])
-    offsets = torch.full((1,), flat.shape[0], dtype=torch.int32, device=x.device)
-    from .triton_moe import grouped_matmul_triton
-
-    out = grouped_matmul_triton(flat, weight, offsets)  # a 2-D weight is one expert
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+    return F.linear(x, weight.dequantize(x.dtype) if isinstance(weight, QuantizedWeight) else weight)

@@ -9,18 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backend import triton_available
+from .backend import gpu_kernel
 from .formats import FP8_MAX, Fp8Weight
 
 
+# Triton blocks are powers of two: a run of another length takes the PyTorch path.
+@gpu_kernel("triton_fused.quantize_fp8_triton", when=lambda x, group=0: group & (group - 1) == 0)
 def quantize_per_token(x: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (e4m3 [M, K], fp32 scale [M, G]) with x ≈ q · scale: one scale per token (G = 1), or with
     `group`, per token and run of `group` columns (G = ceil(K / group), the last run possibly shorter).
     On a GPU one Triton kernel; here, the PyTorch definition it follows."""
-    if x.is_cuda and triton_available() and group & (group - 1) == 0:
-        from .triton_fused import quantize_fp8_triton
-
-        return quantize_fp8_triton(x, group)
     M, K = x.shape
     group = group or K
     runs = -(-K // group)

@@ -44,6 +44,10 @@ def rms_norm_triton(
     )
 
 
+def add_rms_norm_triton(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return rms_norm_triton(x, weight, eps, residual)
+
+
 def router_input_triton(h: torch.Tensor, scale: torch.Tensor, multiplier: float, eps: float) -> torch.Tensor:
     return _per_row(_router_input_kernel, h, eps, scale, multiplier)
 
@@ -100,7 +104,7 @@ def route_triton(scores: torch.Tensor, top_k: int, per_expert_scale: torch.Tenso
     return weights, experts
 
 
-def quantize_fp8_triton(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_triton(x: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`scaled_mm.quantize_per_token` in one pass: x [M, K] -> (e4m3 [M, K], fp32 scales [M, G]); `group` 0 (one
     scale per token) or a power of two."""
     flat = x.contiguous()

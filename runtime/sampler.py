@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from dgemma_kernels import fused
+from dgemma_kernels import backend, fused
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class FusedStep:
 
     @staticmethod
     def available(device: torch.device) -> bool:
-        return fused.on_gpu(device)
+        return backend.on_gpu(device)
 
     def score(self, raw: torch.Tensor, temperature: torch.Tensor) -> Scored:
         seed = torch.randint(0, 2**62, (1,), generator=self.generator, device=raw.device)

@@ -12,7 +12,7 @@ row kernels have no loop; on sm100 Triton lays some loops out in a way this does
     python3 scripts/inspect_kernels.py --check         # exit 1 if a kernel fails to compile or spills
 
 Needs Triton's NVIDIA backend (ptxas and nvdisasm ship in the Triton wheel), no GPU and no CUDA install. Do not
-set TRITON_INTERPRET. The package need not be installed: kernels/ is linked as dgemma_kernels.
+set TRITON_INTERPRET. Imports the installed dgemma_kernels (`pip install -e .` in the checkout).
 """
 
 from __future__ import annotations
@@ -30,11 +30,23 @@ from pathlib import Path
 
 import torch
 import triton
+from dgemma_kernels import Fp8Weight, Nvfp4Weight, backend, experts_forward, triton_fused
+from dgemma_kernels import triton_moe as moe
+from dgemma_kernels.triton_fused import (
+    combine_feed_forward_triton,
+    gelu_mul_triton,
+    quantize_fp8_triton,
+    rms_norm_rope_triton,
+    rms_norm_triton,
+    route_triton,
+    router_input_triton,
+    sample_step_triton,
+    softcap_logits_triton,
+)
 from triton.backends.compiler import GPUTarget
 from triton.backends.driver import DriverBase
 from triton.runtime.jit import JITFunction
 
-ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 TOKENS, TOP_K, EXPERTS, HIDDEN = 256, 8, 128, 2816  # one denoising step of the 26B model
 
@@ -91,31 +103,11 @@ def capture_compilations(sink: list[tuple[str, object]]) -> None:
     JITFunction.__getitem__ = getitem
 
 
-def link_packages() -> None:
-    folder = Path(tempfile.mkdtemp())
-    (folder / "dgemma_kernels").symlink_to(ROOT / "kernels")
-    sys.path.insert(0, str(folder))
-
-
 def cases(arch: int) -> dict[str, Callable[[], object]]:
     """The launches of one 26B decoder layer in a denoising step (and the block-scaled FP8 dense product), as the
     runtime makes them on a GPU of this architecture. Weights are uninitialised: only shapes and layouts matter."""
-    import dgemma_kernels.triton_moe as moe
-    from dgemma_kernels import Fp8Weight, Nvfp4Weight, experts_forward, fused
-    from dgemma_kernels.triton_fused import (
-        combine_feed_forward_triton,
-        gelu_mul_triton,
-        quantize_fp8_triton,
-        rms_norm_rope_triton,
-        rms_norm_triton,
-        route_triton,
-        router_input_triton,
-        sample_step_triton,
-        softcap_logits_triton,
-    )
-
     # The launcher picks FP8 modes and tiles from the device's capability: answer for the target instead.
-    fused.use_triton = lambda tensor: True  # the CPU tensors stand for CUDA ones
+    backend.on_gpu = lambda device: True  # the CPU tensors stand for CUDA ones
     moe.scaled_mm_supported = lambda device: arch >= 89
     moe.is_hopper = lambda device: arch // 10 == 9
     bf16 = torch.bfloat16
@@ -230,13 +222,10 @@ def opcode(instruction: str) -> str:
 
 
 def inspect(arch: int) -> list[Compiled]:
-    import dgemma_kernels.triton_fused
-    import dgemma_kernels.triton_moe
-
     sink: list[tuple[str, object]] = []
     capture_compilations(sink)
     triton.runtime.driver.set_active(CompileOnly(GPUTarget("cuda", arch, 32)))
-    for module in (dgemma_kernels.triton_fused, dgemma_kernels.triton_moe):  # kernels remember their first target
+    for module in (triton_fused, moe):  # kernels remember their first target
         for kernel in vars(module).values():
             if isinstance(kernel, JITFunction):
                 kernel.device_caches.clear()
@@ -260,7 +249,6 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 on a compile failure or a spill")
     parser.add_argument("--json", type=Path, help="also write every kernel's numbers and loop opcodes here")
     args = parser.parse_args()
-    link_packages()
     failed = False
     report = []
     for arch in (int(a) for a in args.arch.split(",")):

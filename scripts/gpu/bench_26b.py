@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from dgemma_kernels import Fp8Weight, Nvfp4Weight, fused
+from dgemma_kernels import Fp8Weight, Nvfp4Weight, backend
 from dgemma_runtime import DiffusionGemma, Engine, FinalEvent, GenerationDefaults, StepEvent
 from dgemma_runtime.cache import KVCache
 from dgemma_runtime.config import RELEASED_TEXT_CONFIG, parse_config
@@ -133,12 +133,13 @@ def graph_decode_ms(engine, prompt_len: int) -> float | None:
 
 
 def unfused(work, *args):
-    """`work(*args)` with the norm/RoPE/GELU chains as separate PyTorch ops: what the fused kernels save."""
-    fused.enabled = False
+    """`work(*args)` with every kernel switch off: the PyTorch ops our Triton kernels replace (norms, RoPE, GELU,
+    routing, the experts, FP8 activations, the sampler), as `DGEMMA_FUSED_KERNELS=0` runs them."""
+    backend.enabled = False
     try:
         return work(*args)
     finally:
-        fused.enabled = True
+        backend.enabled = True
 
 
 def measure(engine, prompt_len: int, canvases: int) -> dict:

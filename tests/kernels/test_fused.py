@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from dgemma_kernels import fused
+from dgemma_kernels import backend, fused
 from dgemma_kernels.triton_fused import (
     combine_feed_forward_triton,
     gelu_mul_triton,
@@ -228,7 +228,7 @@ def test_decoder_with_fused_kernels_matches_pytorch(monkeypatch, tmp_path):
             return model.decode(canvas, cache, probs)
 
     unfused = logits()
-    monkeypatch.setattr(fused, "use_triton", lambda x: True)
+    monkeypatch.setattr(backend, "on_gpu", lambda device: True)
     fused_logits = logits()
     # The experts' fused path rounds their output once (weighted and summed over k in fp32) where the reference
     # rounds three times: 0.75% apart at most here. A misrouted argument is far off (the dense and MoE branches
