@@ -20,8 +20,8 @@ PIP_ROOT_USER_ACTION=ignore timeout 30 python3 -m pip install -q --no-index --no
   --disable-pip-version-check -e . && python3 -c "import dgemma_kernels, dgemma_runtime" \
   || { echo "pip install -e . failed: the scripts cannot import dgemma_runtime / dgemma_kernels" >&2; exit 1; }
 
-timeout 130 python3 scripts/gpu/check_kernels.py --budget-s 90 2>&1 | tee "$OUT/check_kernels.log"
-timeout 230 python3 scripts/gpu/bench_26b.py 2>&1 | tee "$OUT/bench_26b.log"
+timeout 110 python3 scripts/gpu/check_kernels.py --budget-s 70 2>&1 | tee "$OUT/check_kernels.log"
+timeout 250 python3 scripts/gpu/bench_26b.py 2>&1 | tee "$OUT/bench_26b.log"
 timeout 90 python3 scripts/gpu/profile_step.py --variant bf16 2>&1 | tee "$OUT/profile_step.log"
 
 # dgemma-tiny from scratch on the GPU (train_tiny.py imports the installed dgemma_runtime too).
