@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from dgemma_runtime import OPTION_RANGES, Engine, GenerationOptions, Message, load
+from dgemma_runtime import OPTION_RANGES, Engine, GenerationOptions, LoadFinished, Message, Tokenizer, load
 from rich.console import Console
 from rich.table import Table
 
 from .errors import UsageProblem, run_guarded
 from .facts import loaded_facts, model_facts
+from .load_view import loading
 from .models import store
+from .record.recording import Recording
 from .units import human
-from .views import FramesView, JsonView, LiveView, PlainView, consume, print_stats
+from .views import EventClock, FramesView, JsonView, LiveView, PlainView, View, consume, print_stats
 
 app = typer.Typer(
     name="dgemma",
@@ -104,15 +105,25 @@ def generation_options(
     )
 
 
-def load_model(ref: str, settings: LoadSettings) -> tuple[store.Manifest, Engine, float]:
+def load_model(ref: str, settings: LoadSettings, draw: bool = True) -> tuple[store.Manifest, Engine, LoadFinished]:
+    """Load a model, its progress drawn on stderr (a terminal, and `draw`); Ctrl-C ends the command (exit 130)."""
     manifest = store.resolve(ref)
-    started = time.perf_counter()
-    engine = load(
-        manifest.folder, settings.device, settings.dtype, settings.quant, settings.quant_dense, settings.cuda_graphs
+    engine, loaded = loading(
+        ref,
+        lambda progress: load(
+            manifest.folder,
+            settings.device,
+            settings.dtype,
+            settings.quant,
+            settings.quant_dense,
+            settings.cuda_graphs,
+            progress,
+        ),
+        draw,
     )
     if engine.tokenizer is None:
         raise UsageProblem(f"model '{ref}' has no tokenizer.json, so it cannot take text prompts")
-    return manifest, engine, time.perf_counter() - started
+    return manifest, engine, loaded
 
 
 def read_prompt(words: list[str] | None) -> str:
@@ -139,6 +150,9 @@ def run(
     no_view: Annotated[bool, typer.Option("--no-view", help="Plain text instead of the live canvas.")] = False,
     output_format: OutputFormat = None,
     frames: Annotated[bool, typer.Option("--frames", help="NDJSON, one object per denoising step.")] = False,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Record the live view to FILE: .cast, .svg or .html.")
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Timing, diffusion statistics, quantization and memory.")
     ] = False,
@@ -156,7 +170,10 @@ def run(
     interactive = not text and sys.stdin.isatty()
     if not text and not interactive:
         raise UsageProblem("no prompt: pass one after the model name or pipe it on stdin")
-    manifest, engine, load_seconds = load_model(model, settings)
+    if record is not None and interactive:
+        raise UsageProblem("--record records one answer: pass a prompt")
+    recording = Recording(record) if record is not None else None  # a bad target fails before the model loads
+    manifest, engine, loaded = load_model(model, settings)
     options.merged().resolve(engine.defaults)  # bad values fail before any work
     if interactive:
         from .chat import Chat
@@ -172,19 +189,51 @@ def run(
     messages = ([Message("system", system)] if system else []) + [Message("user", text)]
     assert engine.tokenizer is not None
     ids = engine.tokenizer.chat(messages, think=think)
-    console = Console(highlight=False)
+    clock = EventClock()  # one time per event, for the frames, the live view and its recording alike
+    live = sys.stdout.isatty() and not no_view
     if frames:
-        view = FramesView()
+        view: View = FramesView(tokenizer=engine.tokenizer, clock=clock)
     elif output_format == "json":
         view = JsonView(model=manifest.ref)
-    elif sys.stdout.isatty() and not no_view:
-        view = LiveView(console, engine.tokenizer)
+    elif live and recording is not None:
+        view = recording.live_view(engine.tokenizer, clock, terminal=sys.stdout)
+    elif live:
+        view = LiveView(Console(highlight=False), engine.tokenizer, clock=clock)
     else:
         view = PlainView()
-    consume(engine.stream(ids, options=options), view)
+    if recording is not None:  # the live view, recorded: the one above, or one drawn offscreen beside the view
+        view = recording.around(view, engine.tokenizer, clock)
+    consume(engine.stream(ids, options=options), view, clock)
     stats = view.finish()
     if verbose and stats is not None:
-        print_stats(stats, load_seconds, loaded_facts(engine))
+        print_stats(stats, loaded.seconds, loaded_facts(engine, loaded))
+
+
+@app.command()
+def replay(
+    frames: Annotated[
+        Path, typer.Argument(help="A saved 'dgemma run --frames' stream, or a server stream with \"frames\": true.")
+    ],
+    record: Annotated[Path, typer.Option("--record", help="The recording to write: .cast, .svg or .html.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Decode token ids with this model's tokenizer (the server's streams).")
+    ] = None,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0.01, help="Play this many times as fast as it ran (0.25: a quarter).")
+    ] = 1.0,
+) -> None:
+    """Turn a saved frames stream into a recording of the live view, as 'run --record' makes; no model runs."""
+    from .record.replay import read_stream
+    from .record.replay import replay as replay_stream
+
+    recording = Recording(record, speed)
+    tokenizer = None
+    if model is not None:
+        path = store.resolve(model).folder / "tokenizer.json"
+        if not path.exists():
+            raise UsageProblem(f"model '{model}' has no tokenizer.json to decode the stream with")
+        tokenizer = Tokenizer(path)
+    replay_stream(read_stream(frames), recording, tokenizer)
 
 
 @app.command("list")
@@ -193,22 +242,44 @@ def list_models() -> None:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("NAME", "SIZE", "QUANTIZATION", "MODIFIED"):
         table.add_column(column)
-    for manifest in store.list_models():
+    for manifest in store.list_models(skipped=lambda problem: sys.stderr.write(f"warning: skipping {problem}\n")):
         name = manifest.ref + (" (built in)" if manifest.builtin else "")
         table.add_row(name, human(manifest.size_bytes()), manifest.quantization, manifest.modified[:19])
     Console().print(table)
 
 
 @app.command()
-def show(model: Annotated[str, typer.Argument(help="A model name or folder.")]) -> None:
+def show(
+    model: Annotated[str, typer.Argument(help="A model name or folder.")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also hash every file against the sha256 recorded when it was pulled, and compare the copies of "
+            "shared weights byte for byte; exit 1 with one line per problem.",
+        ),
+    ] = False,
+) -> None:
     """Architecture, size, sampler defaults and memory needs of a model."""
     manifest = store.resolve(model)
+    report = None
+    if verify:  # first: a corrupt file may be what keeps the facts from being read
+        from .errors import EXIT_FAILURE
+        from .models.pull import verify_model
+        from .models.pull_view import checked, verified_line
+
+        report = checked(verify_model(manifest))
+        if report.problems:
+            sys.stderr.writelines(f"dgemma: error: {problem}\n" for problem in report.problems)
+            raise typer.Exit(EXIT_FAILURE)
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     for label, value in model_facts(manifest):
         table.add_row(label, value)
     Console().print(table)
+    if report is not None:
+        Console(highlight=False).print(verified_line(report), soft_wrap=True)
 
 
 @app.command()
@@ -225,6 +296,14 @@ def pull(
         str, typer.Argument(help="diffusiongemma[:26b-fp8|:26b-nvfp4] or a hub repo: org/repo[:revision].")
     ],
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit to pull.")] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also compare the copies of shared weights byte for byte (cached files are always hashed against "
+            "the hub, and downloaded again if corrupt); offline, hash the cached files against their blob names.",
+        ),
+    ] = False,
 ) -> None:
     """Download a model from the Hugging Face hub into the Hugging Face cache (resumable, verified)."""
     from .models.hub import target  # huggingface_hub loads only for this command
@@ -232,7 +311,7 @@ def pull(
     from .models.pull_view import render
 
     goal = target(model, revision)
-    render(goal, pull_model(goal))
+    render(goal, pull_model(goal, verify=verify))
 
 
 @app.command("bench")
@@ -258,7 +337,7 @@ def bench_command(
     texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()] if prompts else []
     if prompts and not texts:
         raise UsageProblem(f"{prompts} holds no prompts")
-    manifest, engine, _ = load_model(model, LoadSettings(device, dtype, quant, quant_dense, cuda_graphs))
+    manifest, engine, loaded = load_model(model, LoadSettings(device, dtype, quant, quant_dense, cuda_graphs))
     options = generation_options(steps, None, None, None, seed, max_new_tokens)
     options.resolve(engine.defaults)
     if max_new_tokens is not None and max_new_tokens < engine.config.canvas_length:
@@ -266,7 +345,7 @@ def bench_command(
             f"[yellow]warning:[/yellow] --max-new-tokens {max_new_tokens} is shorter than a canvas "
             f"({engine.config.canvas_length} tokens); each run still denoises a whole canvas"
         )
-    report = bench(engine, manifest, texts or list(DEFAULT_PROMPTS), runs, options, fixed_steps)
+    report = bench(engine, manifest, texts or list(DEFAULT_PROMPTS), runs, options, fixed_steps, loaded)
     if output_format == "json":
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
     else:
@@ -306,7 +385,7 @@ def serve(
         keep_alive,
         max_queue,
         max_batch,
-        loader=lambda manifest: load_model(manifest.path, settings)[1],
+        loader=lambda manifest: load_model(manifest.path, settings, draw=False)[1],  # no bar under the server's log
         announce=Console(stderr=True, highlight=False).print,
     )
 

@@ -10,11 +10,20 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from dgemma_runtime import CanvasEvent, Engine, FinalEvent, GenerationOptions, GenerationStats, Message, StepEvent
+from dgemma_runtime import (
+    CanvasEvent,
+    Engine,
+    FinalEvent,
+    GenerationOptions,
+    GenerationStats,
+    LoadFinished,
+    Message,
+    StepEvent,
+)
 from rich.console import Console
 from rich.table import Table
 
-from .facts import weight_breakdown
+from .facts import load_rate, weight_breakdown
 from .models.store import Manifest
 
 DEFAULT_PROMPTS = (
@@ -50,6 +59,7 @@ class BenchReport:
     quantization: str
     kernels: str  # which kernels ran, and how FP8 weights met the activations
     weight_bytes: dict[str, int]  # by storage format, as the engine holds them
+    loaded: LoadFinished | None = None  # how long the load took and how much it read
     runs: list[RunResult] = field(default_factory=list)
     peak_gpu_bytes: int = 0
     peak_process_bytes: int = 0
@@ -66,6 +76,9 @@ class BenchReport:
             "quantization": self.quantization,
             "kernels": self.kernels,
             "weight_bytes": self.weight_bytes,
+            "load_seconds": self.loaded.seconds if self.loaded else None,
+            "load_bytes": self.loaded.bytes if self.loaded else None,
+            "load_bytes_per_second": self.loaded.bytes_per_second if self.loaded else None,
             "runs": [asdict(r) for r in self.runs],
             "median": self.medians(),
             "peak_gpu_bytes": self.peak_gpu_bytes,
@@ -115,9 +128,15 @@ def timed_run(engine: Engine, ids: list[int], options: GenerationOptions) -> Run
 
 
 def bench(
-    engine: Engine, model: Manifest, prompts: list[str], runs: int, options: GenerationOptions, fixed_steps: bool
+    engine: Engine,
+    model: Manifest,
+    prompts: list[str],
+    runs: int,
+    options: GenerationOptions,
+    fixed_steps: bool,
+    loaded: LoadFinished | None = None,
 ) -> BenchReport:
-    """A warm-up, then `runs` timed generations cycling through the prompts."""
+    """A warm-up, then `runs` timed generations cycling through the prompts; `loaded` reports the load before them."""
     if fixed_steps:
         options = options.merged(confidence_threshold=0.0)  # never confident: every canvas runs all its steps
     assert engine.tokenizer is not None
@@ -133,6 +152,7 @@ def bench(
         quantization=engine.weights.quantization,
         kernels=engine.kernels(),
         weight_bytes=engine.weights.by_format,
+        loaded=loaded,
     )
     for i in range(runs):
         report.runs.append(timed_run(engine, encoded[i % len(encoded)], options))
@@ -171,6 +191,8 @@ def render(report: BenchReport, console: Console) -> None:
     console.print(f"quantization: {report.quantization}")
     console.print(f"kernels: {report.kernels}")
     console.print(f"weights: {weight_breakdown(report.weight_bytes)}")
+    if report.loaded is not None:
+        console.print(f"load: {load_rate(report.loaded)}")
     memory = f"peak memory: process {report.peak_process_bytes / 1e6:.0f} MB"
     if report.peak_gpu_bytes:
         memory += f", GPU {report.peak_gpu_bytes / 1e6:.0f} MB"

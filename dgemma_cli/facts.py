@@ -4,7 +4,7 @@ loaded: the runtime's `inspect` reads the facts, this module words them."""
 from __future__ import annotations
 
 import torch
-from dgemma_runtime import DEFAULT_CONTEXT, CheckpointInfo, Engine, Fit, inspect
+from dgemma_runtime import DEFAULT_CONTEXT, CheckpointInfo, Engine, Fit, LoadFinished, inspect
 
 from .models.store import Manifest
 from .units import count, human
@@ -26,9 +26,15 @@ def weight_breakdown(weights: dict[str, int]) -> str:
     return f"{human(sum(weights.values()))} (" + " + ".join(f"{human(size)} {name}" for name, size in parts) + ")"
 
 
-def loaded_facts(engine: Engine) -> list[tuple[str, str]]:
-    """What `run --verbose` adds to the statistics: the quantization in use and the memory the model takes."""
-    facts = []
+def load_rate(loaded: LoadFinished) -> str:
+    """'1.85 GB/s (4.2 GB in 2.27 s)'."""
+    return f"{loaded.bytes_per_second / 1e9:.2f} GB/s ({human(loaded.bytes)} in {loaded.seconds:.2f} s)"
+
+
+def loaded_facts(engine: Engine, loaded: LoadFinished | None = None) -> list[tuple[str, str]]:
+    """What `run --verbose` adds to the statistics: how fast the model loaded (when `loaded` says), the quantization
+    in use and the memory the model takes."""
+    facts = [("load rate", load_rate(loaded))] if loaded is not None else []
     if engine.weights is not None:
         facts += [
             ("quantization", engine.weights.quantization),

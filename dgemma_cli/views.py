@@ -10,14 +10,16 @@ import json
 import sys
 import time
 import unicodedata
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import asdict
 from typing import IO, Protocol
 
-from dgemma_runtime import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent, Tokenizer
+from dgemma_runtime import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
+
+from .record.frame import Frame, Token
 
 SETTLED_STEPS = 3  # a token unchanged this many steps counts as settled; changing after that is a correction
 STYLES = {
@@ -26,6 +28,8 @@ STYLES = {
     "settled": "default",
     "corrected": "bold black on yellow",
 }
+SAID_STYLES = {"thinking": "dim italic", "answer": ""}  # the text above the canvas
+STATUS_STYLE = "bold cyan"
 LEGEND = Text.assemble(
     ("unresolved", STYLES["unresolved"]),
     "  ",
@@ -48,10 +52,43 @@ class View(Protocol):
     def finish(self) -> GenerationStats | None: ...
 
 
-def consume(events: Generator[Event, None, None], view: View) -> None:
-    """Feed a view; on Ctrl-C stop generating, leave the screen sane and what was said in place."""
+class Decoder(Protocol):
+    """What the views need of a tokenizer (a replay has only the token texts a frames stream recorded)."""
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class EventClock:
+    """Seconds since generation began, read once per event: every view of one event (the frames written, the live
+    view, its recording) sees the same time, and a replay sets the times it reads back."""
+
+    def __init__(self) -> None:
+        self.origin = time.perf_counter()
+        self.now = 0.0
+
+    def tick(self) -> None:
+        self.set(time.perf_counter() - self.origin)
+
+    def set(self, seconds: float) -> None:
+        self.now = round(seconds, 6)  # what --frames writes, so a replay reads back exactly this
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stopwatch() -> Callable[[], float]:
+    """Seconds since this call, read afresh each time: the clock of a view that no EventClock drives."""
+    origin = time.perf_counter()
+    return lambda: time.perf_counter() - origin
+
+
+def consume(events: Generator[Event, None, None], view: View, clock: EventClock | None = None) -> None:
+    """Feed a view, stamping each event on `clock`; on Ctrl-C stop generating, leave the screen sane and what was
+    said in place."""
     try:
         for event in events:
+            if clock is not None:
+                clock.tick()
             view.handle(event)
     except KeyboardInterrupt:
         events.close()
@@ -96,17 +133,31 @@ def visible(text: str) -> str:
     return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else "·" for c in text)
 
 
+class TokenTexts:
+    """Decoded text of single token ids (cached), special tokens as written: what --frames records."""
+
+    def __init__(self, tokenizer: Decoder) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        text = self.cache.get(token)
+        if text is None:
+            text = self.cache[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
+
+
 class TokenPieces:
     """Display text of single token ids (cached): special tokens as a visible mark, whitespace kept."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Decoder) -> None:
+        self.texts = TokenTexts(tokenizer)
         self.cache: dict[int, str] = {}
 
     def __call__(self, token: int) -> str:
         piece = self.cache.get(token)
         if piece is None:
-            piece = self.tokenizer.decode([token], skip_special_tokens=False)
+            piece = self.texts(token)
             if piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
                 piece = "·"  # a special token: keep the canvas geometry, hide the markup
             piece = visible(piece.replace("\ufffd", "·").replace("\n", "⏎\n"))
@@ -177,10 +228,15 @@ class JsonView:
 
 
 class FramesView:
-    """NDJSON: one object per event, for external visualisers."""
+    """NDJSON: one object per event, for external visualisers. Each carries `t` (seconds since generation began)
+    and each step the decoded `texts` of its ids, so a stream replays without the model (`dgemma replay`)."""
 
-    def __init__(self, out: IO[str] = sys.stdout) -> None:
+    def __init__(
+        self, out: IO[str] = sys.stdout, tokenizer: Decoder | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
         self.out = out
+        self.texts = TokenTexts(tokenizer) if tokenizer is not None else None
+        self.clock = clock or stopwatch()
         self.answer = ""
         self.stats: GenerationStats | None = None
 
@@ -189,11 +245,14 @@ class FramesView:
             self.answer += event.text
         if isinstance(event, StepEvent):
             record = {"type": "step", **asdict(event)}
+            if self.texts is not None:
+                record["texts"] = [self.texts(token) for token in event.ids]
         elif isinstance(event, CanvasEvent):
             record = {"type": "canvas", **asdict(event)}
         else:
             self.stats = event.stats
             record = {"type": "final", "stats": event.stats.as_dict()}
+        record["t"] = round(self.clock(), 6)
         self.out.write(json.dumps(record) + "\n")
         self.out.flush()
 
@@ -206,9 +265,22 @@ class FramesView:
 
 class LiveView:
     """The canvas denoising in place. Finished lines of the answer go to the scrollback as ordinary text; the
-    live region holds the unfinished line, the canvas being denoised, a status line and the legend."""
+    live region holds the unfinished line, the canvas being denoised, a status line and the legend.
 
-    def __init__(self, console: Console, tokenizer: Tokenizer, show_thinking: bool = True) -> None:
+    `clock` gives the seconds since generation began (the tok/s shown); `on_frame` gets the picture after every
+    event (what a recording draws); `offscreen` is for a console that only a recording sees: the process's
+    stdout and stderr are left alone."""
+
+    def __init__(
+        self,
+        console: Console,
+        tokenizer: Decoder,
+        show_thinking: bool = True,
+        *,
+        clock: Callable[[], float] | None = None,
+        on_frame: Callable[[Frame], None] | None = None,
+        offscreen: bool = False,
+    ) -> None:
         self.console = console
         self.pieces = TokenPieces(tokenizer)
         self.show_thinking = show_thinking
@@ -216,12 +288,22 @@ class LiveView:
         self.pending = Text()  # the answer's unfinished last line
         self.canvas = Text()
         self.status = Text()
+        self.said: list[tuple[str, str]] = []  # everything above the canvas, as (text, kind) runs
+        self.tokens: tuple[Token, ...] = ()  # the canvas as drawn
         self.generated = 0
         self.answer = ""
         self.answer_started = self.thought = False
-        self.started = time.perf_counter()
+        self.clock = clock or stopwatch()
+        self.on_frame = on_frame
         self.stats: GenerationStats | None = None
-        self.live = Live(console=console, auto_refresh=False, transient=True, vertical_overflow="crop")
+        self.live = Live(
+            console=console,
+            auto_refresh=False,
+            transient=True,
+            vertical_overflow="crop",
+            redirect_stdout=not offscreen,
+            redirect_stderr=not offscreen,
+        )
         self.live.start()
 
     def handle(self, event: Event) -> None:
@@ -230,39 +312,45 @@ class LiveView:
         elif isinstance(event, CanvasEvent):
             self.generated += len(event.ids)
             self.canvas = Text()
+            self.tokens = ()
             self.tracker = CanvasTracker()
             if event.thinking and self.show_thinking:
                 self.thought = True
-                self._commit(event.thinking, "dim italic")
+                self._commit(event.thinking, "thinking")
             text = event.text if self.answer_started else event.text.lstrip()
             if text:
                 if self.thought and not self.answer_started:
-                    self._commit("\n\n", "")
+                    self._commit("\n\n", "answer")
                 self.answer_started = True
                 self.answer += text
-                self._commit(text, "")
+                self._commit(text, "answer")
         elif isinstance(event, FinalEvent):
             self.stats = event.stats
         self._refresh()
 
     def _draw_step(self, event: StepEvent) -> None:
         states = self.tracker.update(event)
+        self.tokens = tuple(
+            Token(token, self.pieces(token), state, held)
+            for token, state, held in zip(event.ids, states, self.tracker.held, strict=True)
+        )
         canvas = Text()
-        for token, state in zip(event.ids, states, strict=True):
-            canvas.append(self.pieces(token), STYLES[state])
+        for token in self.tokens:
+            canvas.append(token.text, STYLES[token.state])
         self.canvas = canvas
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.clock()
         rate = self.generated / elapsed if elapsed > 0 else 0.0
         self.status = Text(
             f"canvas {event.canvas + 1} · step {event.step}/{event.max_steps} · "
             f"accepted {sum(event.accepted)}/{len(event.ids)} · entropy {event.mean_entropy:.2f} · "
             f"{rate:.0f} tok/s",
-            style="bold cyan",
+            style=STATUS_STYLE,
         )
 
-    def _commit(self, text: str, style: str) -> None:
+    def _commit(self, text: str, kind: str) -> None:
         """Complete lines go to the scrollback for good; the rest waits in the live region."""
-        self.pending.append(visible(text), style)
+        self.said.append((visible(text), kind))
+        self.pending.append(visible(text), SAID_STYLES[kind])
         plain = self.pending.plain
         cut = plain.rfind("\n")
         if cut >= 0:
@@ -278,6 +366,8 @@ class LiveView:
         if len(rows) > room:
             rows = [Text("…", style="dim"), *rows[-(room - 1) :]]
         self.live.update(Group(*rows, self.status, LEGEND), refresh=True)
+        if self.on_frame is not None:
+            self.on_frame(Frame(self.clock(), tuple(self.said), self.tokens, self.status.plain))
 
     def close(self) -> None:
         self.live.stop()

@@ -3,10 +3,13 @@
 model = dgemma_runtime.load(path, device="cpu", dtype="float32")
 result = model.generate(prompt_ids, max_new_tokens=512, seed=0)
 for event in model.stream(prompt_ids, seed=0): ...
+prompt = model.prepare([{"role": "user", "content": "Describe this.", "images": ["a.png"]}])
+result = model.generate(prompt, seed=0)
 """
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import torch
@@ -19,14 +22,18 @@ from .errors import (
     ContextFullError,
     DgemmaError,
     InsufficientMemoryError,
+    NonFiniteError,
     OptionError,
     UnsupportedModelError,
 )
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
-from .generate import Engine, GenerationResult, Session
+from .generate import Engine, GenerationResult, Prompt, Session
+from .images import ImageError, ImageSource
+from .loading import LoadEvent, LoadFinished, LoadProgress, LoadReporter, LoadStarted, ProgressCallback
 from .memory import reclaim
 from .model import DiffusionGemma
 from .options import DEFAULT_MAX_NEW_TOKENS, OPTION_NAMES, OPTION_RANGES, GenerationOptions, ResolvedOptions
+from .prompt import PreparedPrompt
 from .quantization import QUANTIZE_AT_LOAD, detect_scheme, install_quantized, quantize_at_load
 from .tokenizer import Message, TextStream, Tokenizer, render_chat, render_follow_up
 from .weights import load_state
@@ -51,9 +58,19 @@ __all__ = [
     "GenerationOptions",
     "GenerationResult",
     "GenerationStats",
+    "ImageError",
+    "ImageSource",
     "InsufficientMemoryError",
+    "LoadEvent",
+    "LoadFinished",
+    "LoadProgress",
+    "LoadStarted",
     "Message",
+    "NonFiniteError",
     "OptionError",
+    "PreparedPrompt",
+    "ProgressCallback",
+    "Prompt",
     "ResolvedOptions",
     "Session",
     "StepEvent",
@@ -111,13 +128,38 @@ def load(
     quant: str | None = None,
     quant_dense: bool = False,
     cuda_graphs: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Engine:
     """Load a Hugging Face-format DiffusionGemma folder: config.json, safetensors, optional tokenizer.json.
 
     Quantized checkpoints (FP8, NVFP4) load as they are stored. `quant` ("fp8", "nvfp4", "int8", "nf4")
     quantizes a full-precision checkpoint's experts while loading, and with `quant_dense` also attention and
     the dense MLP. `cuda_graphs` replays denoising steps from CUDA graphs (see `graphs.py`).
+
+    `progress` hears the load as events (`loading.py`): bytes and tensors read, quantized, moved to the GPU. A load
+    stopped by an exception, Ctrl-C or one the callback raises included, keeps nothing of what it read.
     """
+    report = LoadReporter(progress)
+    try:
+        engine = _load(path, device, dtype, quant, quant_dense, cuda_graphs, report)
+    except BaseException as exc:
+        # The traceback holds the frames that held the weights read so far: clear them, then hand the memory back.
+        traceback.clear_frames(exc.__traceback__)
+        reclaim()
+        raise
+    report.finish()
+    return engine
+
+
+def _load(
+    path: str | Path,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    quant: str | None,
+    quant_dense: bool,
+    cuda_graphs: bool,
+    report: LoadReporter,
+) -> Engine:
     folder = Path(path)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
@@ -130,9 +172,9 @@ def load(
     transform = quantize_at_load(quant, quant_dense) if quant is not None else None
     auto = dtype in (None, "auto")
     torch_dtype = memory.fitting_dtype(info, target, torch_dtype, auto, quant, quant_dense)
-    state = load_state(folder, config, target, torch_dtype, scheme, transform)
+    state = load_state(folder, config, target, torch_dtype, scheme, transform, vision=info.vision, report=report)
     with torch.device("meta"):
-        model = DiffusionGemma(config)
+        model = DiffusionGemma(config, info.vision)
     model.load_state_dict(install_quantized(model, state), strict=True, assign=True)
     for name, value in DiffusionGemma.rope_buffers(config).items():
         setattr(model, name, value.to(target))

@@ -12,6 +12,7 @@ import torch
 
 from .cache import cache_bytes, step_workspace_bytes
 from .config import GenerationDefaults, TextConfig, load_config
+from .errors import CheckpointError
 from .memory import available_bytes, device_memory
 from .quantization import (
     SAFETENSORS_DTYPES,
@@ -20,7 +21,17 @@ from .quantization import (
     detect_scheme,
     is_quantization_target,
 )
-from .weights import LoadPlan, module_name, parameter_counts, plan_load, read_header, shard_files, validate
+from .vision import VisionConfig, read_vision_config
+from .weights import (
+    LoadPlan,
+    check_copies,
+    module_name,
+    parameter_counts,
+    plan_load,
+    read_header,
+    shard_files,
+    validate,
+)
 
 DEFAULT_CONTEXT = 8192  # tokens a conversation can hold unless asked otherwise: the chat, `show`'s estimate
 
@@ -63,11 +74,14 @@ class CheckpointInfo:
     scheme: QuantScheme | None  # the checkpoint's own quantization; None for full precision
     tensors: dict[str, TensorInfo]  # every tensor in the headers
     plan: LoadPlan  # which tensors hold which weight, in what form
+    vision: VisionConfig | None = None  # the vision tower, if the checkpoint has one
 
     @property
     def parameters(self) -> tuple[int, int]:
-        """(total, active per token) text parameters."""
-        return parameter_counts(self.config)
+        """(total, active per token) parameters: the vision tower's count in the total only, since it runs once
+        per image rather than for every token."""
+        total, active = parameter_counts(self.config)
+        return total + sum(math.prod(shape) for shape in self.plan.vision.values()), active
 
     @property
     def has_chat_template(self) -> bool:
@@ -114,6 +128,8 @@ class CheckpointInfo:
                 full_precision(module, (stored.N, stored.K))
             else:
                 add(stored.form, sum(self.tensors[name].nbytes for name in stored.expected))
+        for shape in self.plan.vision.values():  # never quantized
+            add(dtype_name(dtype), math.prod(shape) * dtype.itemsize)
         return by_format
 
     def quantization(self, quant: str | None = None) -> str:
@@ -124,6 +140,20 @@ class CheckpointInfo:
             return f"{quant} (quantized while loading)"
         stored = self.stored
         return f"none ({max(stored, key=stored.__getitem__)})"
+
+    @property
+    def shared_copies(self) -> list[tuple[str, int]]:
+        """(name, bytes) of every shared weight the checkpoint stores twice (under the decoder and the encoder)."""
+        return [(name, info.nbytes) for name, info in self.tensors.items() if info.copy is not None]
+
+    def copy_problem(self, name: str) -> str | None:
+        """Whether the second copy of the shared weight `name` equals the first, byte for byte (loading compares
+        samples): None, or the problem in one line."""
+        try:
+            check_copies({name: self.tensors[name]}, full=True)
+        except CheckpointError as exc:
+            return str(exc)
+        return None
 
     def weight_memory(self, dtype: torch.dtype, quant: str | None = None, quant_dense: bool = False) -> WeightMemory:
         return WeightMemory(self.quantization(quant), self.loaded(dtype, quant, quant_dense))
@@ -154,6 +184,7 @@ def inspect(folder: str | Path) -> CheckpointInfo:
     config, defaults = load_config(folder)
     scheme = detect_scheme(folder)
     tensors = read_header(shard_files(folder))
-    plan = plan_load(tensors, config)
+    vision = read_vision_config(folder, config.hidden_size, set(tensors))
+    plan = plan_load(tensors, config, vision)
     validate(tensors, plan.expected)
-    return CheckpointInfo(folder, config, defaults, scheme, tensors, plan)
+    return CheckpointInfo(folder, config, defaults, scheme, tensors, plan, vision)

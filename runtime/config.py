@@ -7,11 +7,12 @@ transformers carries a sparse `per_layer_config` instead; both resolve to the sa
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, UnsupportedModelError
+from .errors import CheckpointError, OptionError, UnsupportedModelError
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -108,110 +109,215 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _rope_spec(params: dict[str, Any]) -> RopeSpec:
-    kind = params.get("rope_type", "default")
+_REQUIRED: Any = object()  # `Fields` default: the field must be given
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+class Fields:
+    """One JSON object of a model's config file, read field by field: a value of the wrong type or out of range is
+    one CheckpointError naming the file and the field (`config.json: text_config.head_dim must be ...`). A missing
+    or null field takes its default (the configs' convention: null means 'the default')."""
+
+    def __init__(self, data: object, file: str, where: str = "") -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{file}: {where.rstrip('.')} must be a JSON object, not {_shown(data)}")
+        self.data: dict[str, Any] = data
+        self.file, self.where = file, where
+
+    def error(self, key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.file}: {self.where}{key} {problem}")
+
+    def get(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise self.error(key, "is missing")
+            return default
+        return value
+
+    def integer(self, key: str, default: Any = _REQUIRED, low: int = 1) -> int:
+        value = self.get(key, default)
+        # bool is an int to Python, and 16.0 is how some writers spell 16
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            raise self.error(key, f"must be a whole number, not {_shown(value)}")
+        if value < low:
+            raise self.error(key, f"must be at least {low}, not {_shown(value)}")
+        return int(value)
+
+    def number(self, key: str, default: Any = _REQUIRED, positive: bool = False) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {_shown(value)}")
+        if positive and value <= 0:
+            raise self.error(key, f"must be greater than 0, not {_shown(value)}")
+        return float(value)
+
+    def token_ids(self, key: str, default: Any = _REQUIRED) -> tuple[int, ...]:
+        """A token id or a non-empty list of them."""
+        value = self.get(key, default)
+        ids = value if isinstance(value, list) else [value]
+        if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise self.error(key, f"must be a token id or a list of them, not {_shown(value)}")
+        return tuple(ids)
+
+    def section(self, key: str) -> Fields:
+        return Fields(self.data.get(key), self.file, f"{self.where}{key}.")
+
+
+def _rope_spec(rope: Fields) -> RopeSpec:
+    kind = rope.get("rope_type", "default")
     if kind not in ("default", "proportional"):
-        raise UnsupportedModelError(f"unsupported RoPE type {kind!r}")
-    factor = float(params.get("partial_rotary_factor", 1.0)) if kind == "proportional" else 1.0
-    return RopeSpec(theta=float(params["rope_theta"]), partial_rotary_factor=factor)
+        raise UnsupportedModelError(f"config.json: unsupported {rope.where}rope_type {kind!r}")
+    factor = 1.0
+    if kind == "proportional":
+        factor = rope.number("partial_rotary_factor", 1.0, positive=True)
+        if factor > 1:
+            raise rope.error("partial_rotary_factor", f"must be at most 1, not {_shown(factor)}")
+    return RopeSpec(theta=rope.number("rope_theta", positive=True), partial_rotary_factor=factor)
 
 
-def _layer_specs(text: dict[str, Any]) -> tuple[LayerSpec, ...]:
-    n = int(text["num_hidden_layers"])
-    types = list(text.get("layer_types") or ([SLIDING] * 5 + [FULL]) * (n // 6 + 1))[:n]
+DEFAULT_ROPE = {
+    SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
+    FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+}
+
+
+def _layer_specs(text: Fields) -> tuple[LayerSpec, ...]:
+    n = text.integer("num_hidden_layers")
+    types = text.get("layer_types", None) or ([SLIDING] * 5 + [FULL]) * (n // 6 + 1)
+    if not isinstance(types, list) or len(types) < n:
+        raise text.error("layer_types", f"must be a list of {n} layer types (num_hidden_layers), not {_shown(types)}")
+    types = types[:n]
     types[-1] = FULL  # the reference forces the last layer to full attention
-    rope = text.get("rope_parameters") or {
-        SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
-        FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
-    }
-    head_dim = int(text.get("head_dim", 256))
-    kv_heads = int(text.get("num_key_value_heads", 4))
-    overrides = {int(k): v for k, v in (text.get("per_layer_config") or {}).items()}
-    global_override: dict[str, Any] = {"head_dim": int(text.get("global_head_dim", 512))}
-    if text.get("num_global_key_value_heads") is not None:
-        global_override["num_key_value_heads"] = int(text["num_global_key_value_heads"])
-
+    rope = text.section("rope_parameters") if text.data.get("rope_parameters") else Fields(DEFAULT_ROPE, "")
+    head_dim = text.integer("head_dim", 256)
+    kv_heads = text.integer("num_key_value_heads", 4)
+    per_layer = text.section("per_layer_config")
+    overrides: dict[int, Fields] = {}
+    for key in per_layer.data:
+        if not str(key).isdigit():
+            raise per_layer.error(key, "is not a layer number")
+        overrides[int(key)] = per_layer.section(key)
+    global_override = {"head_dim": text.integer("global_head_dim", 512)}
+    if text.data.get("num_global_key_value_heads") is not None:
+        global_override["num_key_value_heads"] = text.integer("num_global_key_value_heads")
     specs = []
     for i, kind in enumerate(types):
         if kind not in (SLIDING, FULL):
-            raise UnsupportedModelError(f"unsupported layer type {kind!r} in layer {i}")
+            raise UnsupportedModelError(f"config.json: unsupported layer type {kind!r} in text_config.layer_types[{i}]")
         if i in overrides:
             own = overrides[i]
         elif kind == FULL and not overrides:
-            own = global_override
+            own = Fields(global_override, "config.json", "text_config.")
         else:
-            own = {}
+            own = Fields({}, "config.json")
+        if kind not in rope.data:
+            raise rope.error(kind, "is missing")
         specs.append(
             LayerSpec(
                 is_sliding=kind == SLIDING,
-                head_dim=int(own.get("head_dim", head_dim)),
-                num_kv_heads=int(own.get("num_key_value_heads", kv_heads)),
-                rope=_rope_spec(rope[kind]),
+                head_dim=own.integer("head_dim", head_dim),
+                num_kv_heads=own.integer("num_key_value_heads", kv_heads),
+                rope=_rope_spec(rope.section(kind)),
             )
         )
     return tuple(specs)
 
 
 def parse_config(raw: dict[str, Any]) -> TextConfig:
-    """Validate the architecture and derive the per-layer geometry."""
-    found = raw.get("model_type") or (raw.get("architectures") or ["nothing"])[0]
+    """Validate the architecture and every field the runtime reads, and derive the per-layer geometry."""
+    architectures = raw.get("architectures")
+    found = raw.get("model_type") or (
+        architectures[0] if isinstance(architectures, list) and architectures else "nothing"
+    )
     if raw.get("model_type") != "diffusion_gemma":
         raise UnsupportedModelError(
             f"this is not a DiffusionGemma checkpoint: config.json says model_type {found!r}, "
             "expected 'diffusion_gemma'"
         )
-    text = raw.get("text_config") or {}
-    if text.get("use_bidirectional_attention") == "all":
+    top = Fields(raw, "config.json")
+    text = top.section("text_config")
+    if text.data.get("use_bidirectional_attention") == "all":
         raise UnsupportedModelError("use_bidirectional_attention='all' (bidirectional encoder) is not supported")
-    try:
-        layers = _layer_specs(text)
-        heads = int(text.get("num_attention_heads", 8))
-        if any(heads % spec.num_kv_heads for spec in layers):
-            raise UnsupportedModelError("num_attention_heads is not a multiple of the KV heads")
-        return TextConfig(
-            vocab_size=int(text.get("vocab_size", 262144)),
-            hidden_size=int(text.get("hidden_size", 2304)),
-            intermediate_size=int(text.get("intermediate_size", 9216)),
-            moe_intermediate_size=int(text["moe_intermediate_size"]),
-            num_experts=int(text["num_experts"]),
-            top_k_experts=int(text["top_k_experts"]),
-            num_layers=len(layers),
-            num_heads=heads,
-            sliding_window=int(text.get("sliding_window", 512)),
-            rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-            final_logit_softcapping=text.get("final_logit_softcapping", 30.0),
-            canvas_length=int(raw.get("canvas_length", 256)),
-            max_position_embeddings=int(text.get("max_position_embeddings", 131072)),
-            pad_token_id=int(text.get("pad_token_id", 0)),
-            layers=layers,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"config.json: missing or malformed text_config field ({exc})") from None
+    layers = _layer_specs(text)
+    heads = text.integer("num_attention_heads", 8)
+    if any(heads % spec.num_kv_heads for spec in layers):
+        raise UnsupportedModelError("config.json: text_config.num_attention_heads is not a multiple of the KV heads")
+    experts = text.integer("num_experts")
+    top_k = text.integer("top_k_experts")
+    if top_k > experts:
+        raise text.error("top_k_experts", f"must be at most num_experts ({experts}), not {top_k}")
+    vocab = text.integer("vocab_size", 262144)
+    pad = text.integer("pad_token_id", 0, low=0)
+    if pad >= vocab:
+        raise text.error("pad_token_id", f"must be below vocab_size ({vocab}), not {pad}")
+    capped = text.data.get("final_logit_softcapping", 30.0) is not None  # null turns softcapping off
+    softcap = text.number("final_logit_softcapping", 30.0, positive=True) if capped else None
+    return TextConfig(
+        vocab_size=vocab,
+        hidden_size=text.integer("hidden_size", 2304),
+        intermediate_size=text.integer("intermediate_size", 9216),
+        moe_intermediate_size=text.integer("moe_intermediate_size"),
+        num_experts=experts,
+        top_k_experts=top_k,
+        num_layers=len(layers),
+        num_heads=heads,
+        sliding_window=text.integer("sliding_window", 512),
+        rms_norm_eps=text.number("rms_norm_eps", 1e-6, positive=True),
+        final_logit_softcapping=softcap,
+        canvas_length=top.integer("canvas_length", 256),
+        max_position_embeddings=text.integer("max_position_embeddings", 131072),
+        pad_token_id=pad,
+        layers=layers,
+    )
 
 
 def parse_generation_config(raw: dict[str, Any], model_raw: dict[str, Any]) -> GenerationDefaults:
-    """Merge generation_config.json over the reference built-ins; nulls mean 'use the default'."""
+    """Merge generation_config.json over the reference built-ins; nulls mean 'use the default'. Each value must
+    be in its option's range (`OPTION_RANGES`), or the checkpoint could never generate with its own defaults."""
+    from .options import OPTION_RANGES  # options imports this module
+
     base = GenerationDefaults()
-    sampler = raw.get("sampler_config") or {}
-    eos = raw.get("eos_token_id")
-    if eos is None:
-        eos = model_raw.get("eos_token_id", (model_raw.get("text_config") or {}).get("eos_token_id", 1))
-    eos_ids = tuple(eos) if isinstance(eos, list) else (int(eos),)
-
-    def pick(name: str, default: Any) -> Any:
-        value = raw.get(name)
-        return default if value is None else value
-
-    return GenerationDefaults(
-        max_denoising_steps=int(pick("max_denoising_steps", base.max_denoising_steps)),
-        t_min=float(pick("t_min", base.t_min)),
-        t_max=float(pick("t_max", base.t_max)),
-        entropy_bound=float(sampler.get("entropy_bound") or base.entropy_bound),
-        stability_threshold=int(pick("stability_threshold", base.stability_threshold)),
-        confidence_threshold=float(pick("confidence_threshold", base.confidence_threshold)),
+    gen = Fields(raw, "generation_config.json")
+    model = Fields(model_raw, "config.json")
+    model_text = model.section("text_config")
+    if gen.data.get("eos_token_id") is not None:
+        eos_ids = gen.token_ids("eos_token_id")
+    elif model_raw.get("eos_token_id") is not None:
+        eos_ids = model.token_ids("eos_token_id")
+    else:
+        eos_ids = model_text.token_ids("eos_token_id", 1)
+    defaults = GenerationDefaults(
+        max_denoising_steps=gen.integer("max_denoising_steps", base.max_denoising_steps),
+        t_min=gen.number("t_min", base.t_min),
+        t_max=gen.number("t_max", base.t_max),
+        entropy_bound=gen.section("sampler_config").number("entropy_bound", base.entropy_bound),
+        stability_threshold=gen.integer("stability_threshold", base.stability_threshold, low=0),
+        confidence_threshold=gen.number("confidence_threshold", base.confidence_threshold),
         eos_token_ids=eos_ids,
-        pad_token_id=int(pick("pad_token_id", (model_raw.get("text_config") or {}).get("pad_token_id", 0))),
+        pad_token_id=gen.integer("pad_token_id", model_text.integer("pad_token_id", 0, low=0), low=0),
     )
+    for name, limits in OPTION_RANGES.items():
+        value = getattr(defaults, name, None)
+        if value is not None:
+            try:
+                limits.check(name, value)
+            except OptionError as exc:
+                where = "sampler_config.entropy_bound" if name == "entropy_bound" else name
+                raise gen.error(where, str(exc).removeprefix(name).strip()) from None
+    vocab = model_text.integer("vocab_size", 262144)
+    if defaults.pad_token_id >= vocab:  # the engine pads prompts with it
+        raise gen.error("pad_token_id", f"must be below the vocabulary size ({vocab}), not {defaults.pad_token_id}")
+    if defaults.t_min > defaults.t_max:
+        raise gen.error("t_min", f"must be at most t_max ({defaults.t_max:g}), not {defaults.t_min:g}")
+    return defaults
 
 
 def load_config(folder: Path) -> tuple[TextConfig, GenerationDefaults]:

@@ -23,3 +23,7 @@ class ContextFullError(DgemmaError):
 
 class OptionError(DgemmaError, ValueError):
     """A generation option is out of range."""
+
+
+class NonFiniteError(DgemmaError):
+    """The model computed NaN or infinite logits: corrupt weights, or activations that overflow the dtype."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from dgemma_kernels.backend import describe as describe_kernels
@@ -16,12 +17,18 @@ from . import sampler
 from .cache import KVCache
 from .checkpoint import WeightMemory
 from .config import GenerationDefaults, TextConfig
-from .errors import OptionError
+from .errors import NonFiniteError, OptionError
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .graphs import GraphedDecoder
+from .images import ImageSource
 from .model import DiffusionGemma
 from .options import GenerationOptions, ResolvedOptions
-from .tokenizer import TextStream, Tokenizer
+from .prompt import PreparedPrompt, prepare, prepare_follow_up
+from .tokenizer import Message, TextStream, Tokenizer
+from .vision import VisionConfig
+
+# Token ids (one list, or one per row), or a prepared conversation (one row, maybe with images).
+Prompt = Sequence[int] | Sequence[Sequence[int]] | PreparedPrompt
 
 
 @dataclass
@@ -85,9 +92,32 @@ class Engine:
         """A batch-1 conversation that can hold `context` tokens (prompts and answers of every turn)."""
         return Session(KVCache(self.config, 1, context, self.device, self.dtype))
 
+    # -- prompts -------------------------------------------------------------------------------------------
+
+    def _chat_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise OptionError("this model folder has no tokenizer.json: pass token ids instead of messages")
+        return self.tokenizer
+
+    @property
+    def vision(self) -> VisionConfig | None:
+        """The vision tower's config; None for a text-only model."""
+        return self.model.vision.config if self.model.vision is not None else None
+
+    def prepare(self, messages: Sequence[Message | Mapping[str, Any]], think: bool = False) -> PreparedPrompt:
+        """A chat (`Message`s, or dicts with "role", "content" and optional "images": paths or bytes), rendered and
+        tokenized, its images preprocessed: what `generate` and `stream` take."""
+        return prepare(messages, self._chat_tokenizer(), self.vision, think)
+
+    def prepare_follow_up(
+        self, text: str, images: Sequence[ImageSource] = (), think: bool = False, closed: bool = True
+    ) -> PreparedPrompt:
+        """The next user turn of a session's conversation (`closed`: `Session.closed`)."""
+        return prepare_follow_up(text, images, self._chat_tokenizer(), self.vision, think, closed)
+
     # -- generation ----------------------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: object) -> GenerationResult:
+    def generate(self, prompt_ids: Prompt, **options: object) -> GenerationResult:
         final = None
         for event in self.stream(prompt_ids, **options):
             if isinstance(event, FinalEvent):
@@ -98,25 +128,38 @@ class Engine:
 
     def stream(
         self,
-        prompt_ids: Sequence[int] | Sequence[Sequence[int]],
+        prompt_ids: Prompt,
         *,
         session: Session | None = None,
         options: GenerationOptions | None = None,
         **overrides: object,
     ) -> Iterator[Event]:
-        """Generate from prompt ids (one list, or one list per row; shorter rows are left-padded); see
-        `GenerationOptions` for the keyword options. With a `session`, only its pending canvas and these ids are
-        encoded."""
-        opts = (options or GenerationOptions()).merged(**overrides).resolve(self.defaults)
-        rows = _as_rows(prompt_ids)
+        """Generate from prompt ids (one list, or one list per row; shorter rows are left-padded) or a
+        `PreparedPrompt` (see `prepare`); see `GenerationOptions` for the keyword options. With a `session`, only
+        its pending canvas and these ids are encoded."""
+        if isinstance(prompt_ids, PreparedPrompt):
+            rows, prepared = _as_rows(prompt_ids.ids), prompt_ids
+        else:
+            rows, prepared = _as_rows(prompt_ids), None
         if session is not None and len(rows) != 1:
             raise OptionError("a session holds one conversation: pass a single prompt")
+        # Without a session the prompt and the answer must fit the model's context (a session's cache has its own
+        # capacity and says when it is full).
+        context = None if session is not None else self.config.max_position_embeddings
+        merged = (options or GenerationOptions()).merged(**overrides)
+        opts = merged.resolve(self.defaults, context, max(len(row) for row in rows))
         with torch.inference_mode():
-            yield from self._run(rows, opts, session)
+            yield from self._run(rows, opts, session, prepared)
 
-    def _run(self, rows: list[list[int]], opts: ResolvedOptions, session: Session | None) -> Iterator[Event]:
+    def _run(
+        self, rows: list[list[int]], opts: ResolvedOptions, session: Session | None, prepared: PreparedPrompt | None
+    ) -> Iterator[Event]:
         cfg, model, device = self.config, self.model, self.device
         B, L = len(rows), cfg.canvas_length
+        # The hottest step's temperature, in float32 as every step computes it (a host tensor: no sync). Infinite,
+        # it turns every logit into 0 and the answer into pad tokens, with finite numbers all along.
+        if not torch.isfinite(sampler.temperature(1, 1, opts.t_min, opts.t_max)):
+            raise OptionError(f"t_max {opts.t_max:g} is too large: the sampler's float32 temperature overflows")
         prefix = [(session.pending if session else []) + row for row in rows]
         P = max(len(p) for p in prefix)
         # Rows of unequal length are left-padded; positions are not shifted (the reference's convention).
@@ -139,7 +182,11 @@ class Engine:
         streams = [self._text_stream() for _ in range(B)]
         clock = _Clock(device)
 
-        model.encode(torch.tensor(prefix, device=device), cache)
+        # The vision tower runs once, before the prompt that holds its placeholders is encoded.
+        image_tokens = None
+        if prepared is not None and prepared.pixel_values is not None and prepared.image_position_ids is not None:
+            image_tokens = model.embed_images(prepared.pixel_values, prepared.image_position_ids)
+        model.encode(torch.tensor(prefix, device=device), cache, image_tokens)
         clock.charge("prefill")
         if session is not None:
             session.pending = []
@@ -222,12 +269,16 @@ class Engine:
         history = torch.full((opts.stability_threshold, B, L), -1, dtype=torch.long, device=self.device)
         forwards, steps = 0, 0
         any_converged = False  # host copy of converged.any(), from the previous step's transfer
+        # Whether every entropy so far is finite: one NaN or infinite logit makes its position's entropy NaN. Kept on
+        # the device and read once, after the canvas, so no step waits for it.
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for remaining in range(N, 0, -1):
             active = ~(converged | done)
             raw = self.decode(current, cache, prev_probs, step.logits_out)
             clock.charge("decode")
             scored = step.score(raw, sampler.temperature(remaining, N, opts.t_min, opts.t_max))
             new_argmax, token_entropy, sc_probs = scored.argmax, scored.entropy, scored.self_conditioning
+            finite &= torch.isfinite(token_entropy).all()
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
             nxt = step.draw(accepted)
             if any_converged:
@@ -267,6 +318,11 @@ class Engine:
                     )
             if all(host[5]):
                 break
+        if not finite.item():  # before the canvas is finalised: no answer made of NaN's argmax
+            raise NonFiniteError(
+                f"the model computed NaN or infinite logits (canvas {canvas_index + 1}): corrupt weights, or "
+                f"activations that overflow {str(self.dtype).removeprefix('torch.')}"
+            )
         return argmax, steps, forwards
 
     def _text_stream(self) -> TextStream | None:

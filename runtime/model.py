@@ -1,6 +1,7 @@
-"""DiffusionGemma's text network: one shared stack run in two modes (§2, §3).
+"""DiffusionGemma's network: one shared text stack run in two modes (§2, §3), and the vision tower if it has one.
 
-- `encode`: causal over new tokens, appends their K/V to the cache (prefill, finished canvases, new turns).
+- `encode`: causal over new tokens, appends their K/V to the cache (prefill, finished canvases, new turns);
+  images' soft tokens (from `embed_images`, the vision tower of `vision.py`) take their placeholders' place.
 - `decode`: bidirectional over [visible cache ; canvas], never writes the cache; returns soft-capped logits.
 
 Axes: B batch, S new tokens, L canvas, V vocab, H hidden, D head dim, E experts, K experts per token.
@@ -31,19 +32,12 @@ from torch import nn
 
 from .cache import KVCache, SequenceKV
 from .config import LayerSpec, TextConfig
+from .images import ImageError
+from .layers import RMSNorm
+from .vision import Vision, VisionConfig
 
 # (k, v) of the new tokens -> (keys, values, mask) to attend over
 CacheView = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
 
 
 class Linear(nn.Linear):
@@ -199,14 +193,35 @@ class SelfConditioning(GatedMLP):
         return rms_norm(embeds, None, self.eps)
 
 
+def image_runs(is_image: torch.Tensor) -> torch.Tensor:
+    """Placeholder flags [B, S] -> [B, S, S]: query and key lie in the same run of image placeholders."""
+    start = is_image & ~F.pad(is_image[:, :-1], (1, 0))
+    run = torch.where(is_image, start.cumsum(-1), 0)
+    return (run[:, :, None] == run[:, None, :]) & is_image[:, :, None]
+
+
+def with_image_runs(view: CacheView, runs: torch.Tensor) -> CacheView:
+    """The encoder's causal (or windowed) mask, opened both ways inside each image (§3.1, "vision" mode: text stays
+    causal). The new tokens are the last keys of every view, so the runs [B, S, S] pad on the left to fit."""
+
+    def kv(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        keys, values, mask = view(k, v)
+        assert mask is not None  # the encoder always masks: it is causal
+        runs_over_keys = F.pad(runs, (keys.shape[2] - runs.shape[-1], 0))[:, None]  # [B, 1, S, keys]
+        return keys, values, mask | runs_over_keys
+
+    return kv
+
+
 class DiffusionGemma(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, vision: VisionConfig | None = None) -> None:
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Layer(config, spec) for spec in config.layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_conditioning = SelfConditioning(config)
+        self.vision = Vision(vision) if vision is not None else None  # None: a text-only checkpoint
         for name, value in self.rope_buffers(config).items():
             self.register_buffer(name, value, persistent=False)
 
@@ -236,14 +251,38 @@ class DiffusionGemma(nn.Module):
             out.append(tables[key])
         return out
 
-    def encode(self, ids: torch.Tensor, cache: KVCache | SequenceKV) -> None:
-        """Causal pass over ids [B, S] at positions cache.length.. ; appends their K/V to the cache."""
+    def embed_images(self, pixels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (`images.preprocess`, stacked) -> their soft tokens in order [n_soft, H]."""
+        if self.vision is None:
+            raise ImageError("this model reads text only: its checkpoint has no vision tower")
+        device = self.embed_tokens.weight.device
+        return self.vision(pixels.to(device), positions.to(device))
+
+    def encode(self, ids: torch.Tensor, cache: KVCache | SequenceKV, image_tokens: torch.Tensor | None = None) -> None:
+        """Causal pass over ids [B, S] at positions cache.length.. ; appends their K/V to the cache.
+
+        `image_tokens` [n, H] (from `embed_images`) replace the embeddings of the n image placeholders in ids, in
+        order, and each image's run of placeholders attends to itself both ways.
+        """
         S = ids.shape[1]
         cache.reserve(S)
         x = self.embed(ids)
+        runs = None
+        if image_tokens is not None:
+            assert self.vision is not None  # `embed_images` made the tokens
+            is_image = ids == self.vision.config.image_token_id
+            placeholders = int(is_image.sum())
+            if placeholders != image_tokens.shape[0]:
+                raise ImageError(
+                    f"the prompt holds {placeholders} image placeholders for {image_tokens.shape[0]} image tokens: "
+                    "build it with Engine.prepare"
+                )
+            x = x.masked_scatter(is_image[..., None], image_tokens.to(x.dtype))
+            runs = image_runs(is_image)
         positions = torch.arange(cache.length, cache.length + S, device=ids.device)
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, self.rope(positions, x.dtype), strict=True)):
-            h = layer.attention(x, cos, sin, partial(cache.encoder_kv, i))
+            kv = partial(cache.encoder_kv, i)
+            h = layer.attention(x, cos, sin, kv if runs is None else with_image_runs(kv, runs))
             if i == len(self.layers) - 1:
                 break  # the encoder's output is never used: only the cache matters (§3.1)
             x = layer.feed_forward(h, layer.encoder_scalar)

@@ -22,30 +22,40 @@ ALIASES = {
 }
 
 
+MAX_STEPS = 1024  # denoising steps per canvas: 20x the checkpoints' 48; each one is a whole decoder forward
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+
+
 @dataclass(frozen=True)
 class Range:
-    """An option's type and lowest valid value (`low` itself allowed when `closed`)."""
+    """An option's type, lowest valid value (`low` itself allowed when `closed`) and highest, where one exists
+    apart from the model (the answer length's is the model's context: `GenerationOptions.resolve` checks it)."""
 
     kind: type[int] | type[float]
     low: int | float
     closed: bool = True
+    high: int | float | None = None
 
     def check(self, name: str, value: float) -> None:
         if not math.isfinite(value):
             raise OptionError(f"{name} must be a finite number")
         if value < self.low or (value == self.low and not self.closed):
             raise OptionError(f"{name} must be {'at least' if self.closed else 'greater than'} {self.low:g}")
+        if self.high is not None and value > self.high:
+            raise OptionError(f"{name} must be at most {self.high}")
 
 
+# The floats cost the same at any finite value, so they have no upper bound; the integers size the work and the
+# memory of a generation. A stability window longer than the steps could never be met (checked on resolving).
 OPTION_RANGES: dict[str, Range] = {
     "max_new_tokens": Range(int, 1),
-    "max_denoising_steps": Range(int, 1),
+    "max_denoising_steps": Range(int, 1, high=MAX_STEPS),
     "t_min": Range(float, 0, closed=False),
     "t_max": Range(float, 0, closed=False),
     "entropy_bound": Range(float, 0, closed=False),
-    "stability_threshold": Range(int, 0),
+    "stability_threshold": Range(int, 0, high=MAX_STEPS),
     "confidence_threshold": Range(float, 0),
-    "seed": Range(int, 0),
+    "seed": Range(int, 0, high=MAX_SEED),
 }
 
 OPTION_NAMES = (*OPTION_RANGES, *ALIASES)  # every name an option answers to, the reference's first
@@ -119,18 +129,40 @@ class GenerationOptions:
             raise OptionError(f"unknown generation option(s): {', '.join(unknown)}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def resolve(self, defaults: GenerationDefaults) -> ResolvedOptions:
+    def resolve(
+        self, defaults: GenerationDefaults, context: int | None = None, prompt_tokens: int = 0
+    ) -> ResolvedOptions:
+        """The options over the checkpoint's defaults, checked. With the model's `context` (in tokens), the answer
+        must fit beside a prompt of `prompt_tokens`: a longer answer length is an error naming the room left, and
+        'no limit' becomes the default limit or the room left, whichever is less."""
+
         def pick(name: str, fallback: object) -> object:
             value = getattr(self, name)
             return fallback if value is None else value
 
+        steps = int(pick("max_denoising_steps", defaults.max_denoising_steps))
+        max_new = self.max_new_tokens
+        if context is not None:
+            room = context - prompt_tokens
+            if room < 1:
+                raise OptionError(
+                    f"the prompt is {prompt_tokens} tokens: it does not fit the model's context length of "
+                    f"{context} tokens with room for an answer"
+                )
+            if max_new is not None and max_new > room:
+                raise OptionError(
+                    f"max_new_tokens (num_predict, max_tokens) must be at most {room} here: the model's context "
+                    f"length is {context} tokens and the prompt takes {prompt_tokens}"
+                )
+            max_new = min(DEFAULT_MAX_NEW_TOKENS, room) if max_new is None else max_new
         resolved = ResolvedOptions(
-            max_new_tokens=int(pick("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
-            max_denoising_steps=int(pick("max_denoising_steps", defaults.max_denoising_steps)),
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new is None else max_new,
+            max_denoising_steps=steps,
             t_min=float(pick("t_min", defaults.t_min)),
             t_max=float(pick("t_max", defaults.t_max)),
             entropy_bound=float(pick("entropy_bound", defaults.entropy_bound)),
-            stability_threshold=int(pick("stability_threshold", defaults.stability_threshold)),
+            # The checkpoint's window shrinks to fit fewer steps; one asked for must fit them.
+            stability_threshold=int(pick("stability_threshold", min(defaults.stability_threshold, steps))),
             confidence_threshold=float(pick("confidence_threshold", defaults.confidence_threshold)),
             seed=self.seed,
         )
@@ -150,10 +182,16 @@ class ResolvedOptions:
     seed: int | None
 
     def validate(self) -> None:
-        """Each value in its range (a checkpoint's own defaults included), and the temperatures in order."""
+        """Each value in its range (a checkpoint's own defaults included), the temperatures in order, and the
+        stability window within the steps."""
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
                 OPTION_RANGES[f.name].check(f.name, value)
         if self.t_min > self.t_max:
             raise OptionError("temperatures need t_min <= t_max")
+        if self.stability_threshold > self.max_denoising_steps:
+            raise OptionError(
+                f"stability_threshold must be at most max_denoising_steps ({self.max_denoising_steps}): a longer "
+                "window could never be met"
+            )

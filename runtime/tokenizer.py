@@ -11,10 +11,12 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import CheckpointError
+from .images import ImageSource
 
 BOS, TURN_OPEN, TURN_CLOSE = "<bos>", "<|turn>", "<turn|>"
 THINK, CHANNEL_OPEN, CHANNEL_CLOSE = "<|think|>", "<|channel>", "<channel|>"
 THOUGHT_LABEL = "thought\n"  # the channel name the model writes after <|channel>
+IMAGE = "<|image|>"  # the template's mark for one image; `prompt.py` expands it into the image's soft tokens
 _THINKING_BLOCK = re.compile(re.escape(CHANNEL_OPEN) + ".*?" + re.escape(CHANNEL_CLOSE), re.DOTALL)
 
 
@@ -22,6 +24,7 @@ _THINKING_BLOCK = re.compile(re.escape(CHANNEL_OPEN) + ".*?" + re.escape(CHANNEL
 class Message:
     role: str  # "system", "user" or "model" ("assistant" is accepted as "model")
     content: str
+    images: tuple[ImageSource, ...] = ()  # shown before the text, as transformers' content lists put them
 
 
 def render_chat(messages: Sequence[Message], think: bool = False, add_generation_prompt: bool = True) -> str:
@@ -37,17 +40,18 @@ def render_chat(messages: Sequence[Message], think: bool = False, add_generation
         content = message.content.strip()
         if role == "model":
             content = _THINKING_BLOCK.sub("", content).strip()  # history drops earlier reasoning
-        parts.append(f"{TURN_OPEN}{role}\n{content}{TURN_CLOSE}\n")
+        parts.append(f"{TURN_OPEN}{role}\n{IMAGE * len(message.images)}{content}{TURN_CLOSE}\n")
     if add_generation_prompt:
         parts.append(_generation_prompt(think))
     return "".join(parts)
 
 
-def render_follow_up(user_text: str, think: bool = False, closed: bool = True) -> str:
+def render_follow_up(user_text: str, think: bool = False, closed: bool = True, images: int = 0) -> str:
     """Continues a conversation whose cache already holds every earlier turn: closes the model's turn if its
-    answer was cut short, then the new user turn and the generation prompt."""
+    answer was cut short, then the new user turn (after its `images` marks) and the generation prompt."""
     reopen = "" if closed else TURN_CLOSE
-    return f"{reopen}\n{TURN_OPEN}user\n{user_text.strip()}{TURN_CLOSE}\n" + _generation_prompt(think)
+    turn = f"{TURN_OPEN}user\n{IMAGE * images}{user_text.strip()}{TURN_CLOSE}\n"
+    return f"{reopen}\n{turn}" + _generation_prompt(think)
 
 
 def _generation_prompt(think: bool) -> str:

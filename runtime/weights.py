@@ -1,7 +1,8 @@
 """Safetensors checkpoints: the tensors a config implies, validated before anything is allocated.
 
 Checkpoint keys follow transformers' `save_pretrained` (§2.3): the shared text weights live under
-`model.decoder.*`; the encoder contributes only its own `layer_scalar`s; vision weights are skipped. The shared
+`model.decoder.*`; the encoder contributes only its own `layer_scalar`s; a vision tower, when the checkpoint has
+one, is read as stored (never quantized, like the published quantized checkpoints keep it). The shared
 weights may also be stored under the encoder's names (`model.encoder.language_model.*`), alone or as a second
 copy: `save_pretrained` of a compressed-tensors model writes every quantized tensor under both prefixes.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +25,22 @@ from safetensors import SafetensorError, safe_open
 
 from .config import TextConfig
 from .errors import CheckpointError
+from .loading import LoadReporter, Phase
 from .quantization import (
     QuantScheme,
     StoredLinear,
     TensorInfo,
     build_linear,
-    concat_rows,
     is_activation_scale,
-    stack_weights,
+    stack_experts,
     stored_linear,
 )
+from .vision import VISION_PREFIXES, VisionConfig, vision_module_name, vision_shapes
 
 DECODER = "model.decoder."
 ENCODER_TEXT = "model.encoder.language_model."
 ENCODER_LAYERS = f"{ENCODER_TEXT}layers."
-SKIPPED_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.", "lm_head.")
+SKIPPED_PREFIXES = (*VISION_PREFIXES, "lm_head.")  # not text weights: lm_head is tied, vision is planned apart
 
 
 def expected_shapes(config: TextConfig) -> dict[str, tuple[int, ...]]:
@@ -205,7 +209,9 @@ def _same_bytes(a: TensorInfo, b: TensorInfo, full: bool) -> bool:
 
 def validate(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]]) -> None:
     """One error listing every missing, unexpected and mis-shaped tensor."""
-    text = {n: v for n, v in found.items() if not n.startswith(SKIPPED_PREFIXES) and not is_activation_scale(n)}
+    # Vision tensors are checked when the plan reads them, ignored when it leaves them (a text-only load).
+    skipped = ("lm_head.",) if any(n.startswith(VISION_PREFIXES) for n in expected) else SKIPPED_PREFIXES
+    text = {n: v for n, v in found.items() if not n.startswith(skipped) and not is_activation_scale(n)}
     missing = sorted(set(expected) - set(text))
     unexpected = sorted(text[n].name or n for n in set(text) - set(expected))  # as stored: maybe encoder names
     misshaped = [
@@ -229,6 +235,7 @@ class LoadPlan:
     plain: dict[str, tuple[int, ...]]  # checkpoint name -> shape (norms, embeddings, router, scalars)
     linears: dict[str, StoredLinear]  # module name -> how the weight is stored
     experts: dict[str, list[list[StoredLinear]]]  # module name -> per expert, the pieces stacked into its rows
+    vision: dict[str, tuple[int, ...]] = field(default_factory=dict)  # checkpoint name -> shape, read as stored
 
     def stored(self) -> Iterator[StoredLinear]:
         """Every linear and expert piece, in whatever form the checkpoint holds it."""
@@ -239,14 +246,15 @@ class LoadPlan:
 
     @property
     def expected(self) -> dict[str, tuple[int, ...]]:
-        names = dict(self.plain)
+        names = dict(self.plain) | self.vision
         for stored in self.stored():
             names.update(stored.expected)
         return names
 
 
-def plan_load(found: dict[str, TensorInfo], config: TextConfig) -> LoadPlan:
-    """Match the checkpoint's tensors to the model: bf16 fused experts, or quantized (or bf16) experts apart."""
+def plan_load(found: dict[str, TensorInfo], config: TextConfig, vision: VisionConfig | None = None) -> LoadPlan:
+    """Match the checkpoint's tensors to the model: bf16 fused experts, or quantized (or bf16) experts apart; and
+    the vision tower's tensors when `vision` is given."""
     plain = expected_shapes(config)
     linears: dict[str, StoredLinear] = {}
     experts: dict[str, list[list[StoredLinear]]] = {}
@@ -265,14 +273,19 @@ def plan_load(found: dict[str, TensorInfo], config: TextConfig) -> LoadPlan:
                 for e in range(config.num_experts)
             ]
             del plain[name]
-    return LoadPlan(plain, linears, experts)
+    return LoadPlan(plain, linears, experts, vision_shapes(vision) if vision is not None else {})
+
+
+READ_WORKERS = 4  # threads reading ahead of the loop below: a disk serves several reads at once
+READ_AHEAD_BYTES = 1 << 30  # read but not yet used, at most (more only for the one weight being waited for)
+READ_CHUNK = 8 << 20  # bytes per read call, into one reused buffer per thread
 
 
 def _tensor_reader(
     found: dict[str, TensorInfo], device: torch.device, files: ExitStack
 ) -> Callable[[str], torch.Tensor]:
     """Memory-mapped reads of single tensors, placed straight on the target device (each file opened once,
-    closed with `files`)."""
+    closed with `files`). On the CPU a tensor kept as stored stays a view of the file's pages."""
     handles: dict[Path, Any] = {}
 
     def read(name: str) -> torch.Tensor:
@@ -287,7 +300,113 @@ def _tensor_reader(
     return read
 
 
-Transform = Callable[[str, torch.Tensor], "torch.Tensor | QuantizedWeight"]
+Weight = torch.Tensor | QuantizedWeight
+Transform = Callable[[str, torch.Tensor], Weight]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One entry of the loaded state and the checkpoint tensors it is built from."""
+
+    module: str
+    names: tuple[str, ...]
+    build: Callable[[Callable[[str], torch.Tensor]], Weight]
+    transformable: bool  # a full-precision linear or expert weight, which quantize-at-load may take
+
+
+def _units(plan: LoadPlan, scheme: QuantScheme | None, dtype: torch.dtype) -> list[_Unit]:
+    def as_dtype(name: str) -> Callable[[Callable[[str], torch.Tensor]], Weight]:
+        return lambda read: read(name).to(dtype)
+
+    def linear(stored: StoredLinear) -> Callable[[Callable[[str], torch.Tensor]], Weight]:
+        return lambda read: build_linear(stored, read, scheme, dtype)
+
+    def experts(pieces: list[list[StoredLinear]]) -> Callable[[Callable[[str], torch.Tensor]], Weight]:
+        return lambda read: stack_experts([[build_linear(s, read, scheme, dtype) for s in expert] for expert in pieces])
+
+    # Fused bf16 experts are plain tensors too; norms, embeddings, scalars and vision are never transformed.
+    units = [_Unit(module_name(n), (n,), as_dtype(n), ".experts." in n) for n in plan.plain]
+    units += [_Unit(m, tuple(s.expected), linear(s), True) for m, s in plan.linears.items()]
+    units += [
+        _Unit(m, tuple(n for expert in p for s in expert for n in s.expected), experts(p), True)
+        for m, p in plan.experts.items()
+    ]
+    units += [_Unit(vision_module_name(n), (n,), as_dtype(n), False) for n in plan.vision]
+    return units
+
+
+def _spans(found: dict[str, TensorInfo], names: tuple[str, ...]) -> list[tuple[Path, int, int]]:
+    """(file, start, end) byte ranges holding `names`, in file order, neighbours merged."""
+    spans: list[tuple[Path, int, int]] = []
+    for path, start, end in sorted((found[n].path, found[n].offset, found[n].offset + found[n].nbytes) for n in names):
+        if spans and spans[-1][0] == path and spans[-1][2] == start:
+            spans[-1] = (path, spans[-1][1], end)
+        else:
+            spans.append((path, start, end))
+    return spans
+
+
+class _ReadAhead:
+    """Reads each unit's bytes, in a few threads, ahead of the loop that builds the weights from memory maps of the
+    same files: the loop then finds them in the page cache, and the disk stays busy while it copies, converts,
+    quantizes or moves weights. What is read ahead sits in the page cache only, READ_AHEAD_BYTES of it at most."""
+
+    def __init__(self, spans: list[list[tuple[Path, int, int]]], counts: list[int], report: LoadReporter) -> None:
+        self.spans, self.counts, self.report = spans, counts, report
+        self.sizes = [sum(end - start for _, start, end in unit) for unit in spans]
+        self.pool = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="dgemma-read") if READ_WORKERS else None
+        self.futures: list[Future[None]] = []
+        self.submitted = self.used = 0  # bytes
+        self.lock = threading.Lock()
+        self.read_bytes = self.read_tensors = 0
+        self.stopped = False
+        self.buffers = threading.local()
+
+    def wait_for(self, i: int) -> None:
+        """Return once unit `i` has been read (units are waited for in order), reporting the reads meanwhile."""
+        if self.pool is None:
+            self._read(i)
+        else:
+            while len(self.futures) < len(self.spans) and (
+                len(self.futures) <= i or self.submitted - self.used < READ_AHEAD_BYTES
+            ):
+                self.submitted += self.sizes[len(self.futures)]
+                self.futures.append(self.pool.submit(self._read, len(self.futures)))
+            while not wait([self.futures[i]], timeout=0.1).done:
+                self._report()
+            self.futures[i].result()  # raises what the read raised
+        self.used += self.sizes[i]
+        self._report()
+
+    def _report(self) -> None:
+        with self.lock:
+            done = self.read_bytes, self.read_tensors
+        self.report.set("read", *done)
+
+    def _read(self, i: int) -> None:
+        buffer = getattr(self.buffers, "chunk", None)
+        if buffer is None:
+            buffer = self.buffers.chunk = memoryview(bytearray(READ_CHUNK))
+        for path, start, end in self.spans[i]:
+            try:
+                with path.open("rb", buffering=0) as file:
+                    file.seek(start)
+                    while start < end and not self.stopped:
+                        n = file.readinto(buffer[: min(READ_CHUNK, end - start)])
+                        if not n:
+                            raise CheckpointError(f"{path.name}: ends before its tensors do")
+                        start += n
+                        with self.lock:
+                            self.read_bytes += n
+            except OSError as exc:
+                raise CheckpointError(f"{path.name}: cannot read ({exc})") from None
+        with self.lock:
+            self.read_tensors += self.counts[i]
+
+    def close(self) -> None:
+        self.stopped = True
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def load_state(
@@ -298,38 +417,52 @@ def load_state(
     scheme: QuantScheme | None,
     transform: Transform | None = None,
     verify: bool = False,
-) -> dict[str, torch.Tensor | QuantizedWeight]:
+    vision: VisionConfig | None = None,
+    report: LoadReporter | None = None,
+) -> dict[str, Weight]:
     """Validate the checkpoint against the config, then read it as `module name -> tensor or quantized weight`.
 
     Shared weights stored twice are compared by sampled bytes, or every byte with `verify`.
 
     `transform(module_name, weight)` sees each full-precision linear or expert weight as it arrives (one at a
-    time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident.
+    time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident. With `vision`,
+    the vision tower is read too, at `dtype` and never transformed. `report` hears each phase's progress.
     """
     found = read_header(shard_files(Path(folder)))
-    plan = plan_load(found, config)
+    plan = plan_load(found, config, vision)
     validate(found, plan.expected)
     check_copies(found, full=verify)
+    report = report or LoadReporter()
 
-    def keep(name: str, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor | QuantizedWeight:
-        # Only full-precision weights are transformed: a checkpoint's own quantized weights stay as stored.
-        return transform(name, weight) if transform is not None and isinstance(weight, torch.Tensor) else weight
+    # Weights are built in file order, so that the reads ahead of them go through each file start to end.
+    rank = {path: i for i, path in enumerate(sorted({info.path for info in found.values()}))}
+    units = _units(plan, scheme, dtype)
+    spans = {unit.module: _spans(found, unit.names) for unit in units}
+    units.sort(key=lambda unit: max((rank[path], end) for path, _, end in spans[unit.module]))
+    sizes = {unit.module: sum(found[n].nbytes for n in unit.names) for unit in units}
+    total = sum(sizes.values())
+    phases: dict[Phase, int] = {"read": total}
+    if transform is not None:
+        phases["quantize"] = sum(sizes[u.module] for u in units if u.transformable)
+    if device.type != "cpu":
+        phases["to device"] = total
+    report.start(total, sum(len(u.names) for u in units), phases)
 
     with ExitStack() as files:
         read = _tensor_reader(found, device, files)
-        state: dict[str, torch.Tensor | QuantizedWeight] = {}
-        for name in plan.plain:
-            tensor = read(name).to(dtype)
-            # Fused bf16 experts are plain tensors too; norms and scalars are never transformed.
-            state[module_name(name)] = keep(module_name(name), tensor) if ".experts." in name else tensor
-        for module, stored in plan.linears.items():
-            state[module] = keep(module, build_linear(stored, read, scheme, dtype))
-        for module, pieces in plan.experts.items():
-            per_expert = []
-            for expert in pieces:
-                parts = [build_linear(stored, read, scheme, dtype) for stored in expert]
-                per_expert.append(parts[0] if len(parts) == 1 else concat_rows(*parts))
-            state[module] = keep(module, stack_weights(per_expert))
+        ahead = _ReadAhead([spans[u.module] for u in units], [len(u.names) for u in units], report)
+        files.callback(ahead.close)
+        state: dict[str, Weight] = {}
+        for i, unit in enumerate(units):
+            ahead.wait_for(i)
+            weight = unit.build(read)
+            if "to device" in phases:
+                report.advance("to device", sizes[unit.module], len(unit.names))
+            if transform is not None and unit.transformable:
+                # A checkpoint's own quantized weights stay as stored.
+                weight = transform(unit.module, weight) if isinstance(weight, torch.Tensor) else weight
+                report.advance("quantize", sizes[unit.module], len(unit.names))
+            state[unit.module] = weight
     return state
 
 

@@ -4,7 +4,7 @@ ranges. The CLI flags, the chat's /set and the server's JSON all go through it."
 from __future__ import annotations
 
 import pytest
-from dgemma_runtime import OPTION_NAMES, GenerationDefaults, GenerationOptions, OptionError
+from dgemma_runtime import DEFAULT_MAX_NEW_TOKENS, OPTION_NAMES, GenerationDefaults, GenerationOptions, OptionError
 
 DEFAULTS = GenerationDefaults()
 
@@ -36,6 +36,9 @@ def test_text_and_json_numbers_convert_to_the_options_type(given, expected):
         ({"t_min": 0}, "t_min must be greater than 0"),
         ({"entropy_bound": float("nan")}, "entropy_bound must be a finite number"),
         ({"seed": -1}, "seed must be at least 0"),
+        ({"steps": 1025}, "steps (max_denoising_steps) must be at most 1024"),
+        ({"stability_threshold": 1025}, "stability_threshold must be at most 1024"),
+        ({"seed": 2**64}, "seed must be at most 18446744073709551615"),
         ({"temperature_schedule": 1}, "unknown option 'temperature_schedule'"),
     ],
 )
@@ -60,3 +63,35 @@ def test_a_negative_answer_length_means_the_default_and_none_keeps_the_value():
 def test_resolving_checks_the_temperatures_against_the_models_defaults():
     with pytest.raises(OptionError, match="t_min <= t_max"):
         GenerationOptions.from_mapping({"t_min": DEFAULTS.t_max * 2}).resolve(DEFAULTS)
+
+
+def test_the_largest_values_are_accepted():
+    options = GenerationOptions.from_mapping({"steps": 1024, "stability_threshold": 1024, "seed": 2**64 - 1})
+    assert options.resolve(DEFAULTS).max_denoising_steps == 1024
+
+
+def test_a_stability_window_longer_than_the_steps_is_refused_but_the_checkpoints_shrinks():
+    with pytest.raises(OptionError, match=r"stability_threshold must be at most max_denoising_steps \(4\)"):
+        GenerationOptions.from_mapping({"steps": 4, "stability_threshold": 5}).resolve(DEFAULTS)
+    defaults = GenerationDefaults(stability_threshold=3)
+    assert GenerationOptions.from_mapping({"steps": 2}).resolve(defaults).stability_threshold == 2
+    assert GenerationOptions().resolve(defaults).stability_threshold == 3
+
+
+def test_the_answer_must_fit_the_context_beside_the_prompt():
+    asked = GenerationOptions.from_mapping({"num_predict": 1000})
+    assert asked.resolve(DEFAULTS, context=1024, prompt_tokens=24).max_new_tokens == 1000
+    with pytest.raises(OptionError, match="must be at most 999 here: the model's context length is 1024 tokens"):
+        asked.resolve(DEFAULTS, context=1024, prompt_tokens=25)
+    # 'No limit' is the default limit, or the room the context leaves, whichever is less.
+    assert GenerationOptions().resolve(DEFAULTS, context=1024, prompt_tokens=24).max_new_tokens == 1000
+    assert GenerationOptions().resolve(DEFAULTS, context=10**6, prompt_tokens=24).max_new_tokens == (
+        DEFAULT_MAX_NEW_TOKENS
+    )
+    assert GenerationOptions.from_mapping({"num_predict": 10**9}).resolve(DEFAULTS).max_new_tokens == 10**9
+
+
+@pytest.mark.parametrize("prompt_tokens", [1024, 5000])
+def test_a_prompt_that_leaves_no_room_names_the_context_length(prompt_tokens):
+    with pytest.raises(OptionError, match=f"the prompt is {prompt_tokens} tokens: .* context length of 1024 tokens"):
+        GenerationOptions().resolve(DEFAULTS, context=1024, prompt_tokens=prompt_tokens)

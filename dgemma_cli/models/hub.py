@@ -32,6 +32,23 @@ class HubUnreachable(HubError):
     pass
 
 
+# What a failed pull was, for the server's status codes; each still says its own one line.
+class NotOnHub(HubError):
+    """No such repo, revision or model name."""
+
+
+class AccessDenied(HubError):
+    """Gated or private: `status` is the hub's 401 (no or a bad token) or 403 (a token without access)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubFailed(HubError):
+    """The hub answered, with an error of its own."""
+
+
 def _alias(name: str, tag: str, spec: str) -> tuple[str, str | None]:
     """The repo (and revision, if pinned) an alias in aliases.json stands for; `name` means `name:latest`."""
     if name in store.BUILTIN and tag == "latest":
@@ -40,7 +57,7 @@ def _alias(name: str, tag: str, spec: str) -> tuple[str, str | None]:
     aliases = {store.parse_name(alias): repo for alias, repo in raw.items()}
     hub = store.hub_ref(aliases.get((name, tag), ""))
     if hub is None:
-        raise HubError(f"unknown model '{spec}': pull one of {', '.join(raw)}, or a Hugging Face repo as org/repo")
+        raise NotOnHub(f"unknown model '{spec}': pull one of {', '.join(raw)}, or a Hugging Face repo as org/repo")
     return hub
 
 
@@ -99,7 +116,7 @@ def repo_info(goal: Target, endpoint: str) -> RepoInfo:
         goal.repo_id, revision=goal.revision, files_metadata=True, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
     )
     if not info.sha:
-        raise HubError(f"the hub at {endpoint} did not say which commit '{goal.repo_id}' is at")
+        raise HubFailed(f"the hub at {endpoint} did not say which commit '{goal.repo_id}' is at")
     files = {
         s.rfilename: RemoteFile(s.rfilename, int(s.size or 0), s.lfs.sha256 if s.lfs else None, s.blob_id or "")
         for s in info.siblings or []
@@ -116,22 +133,22 @@ def hub_errors(goal: Target, endpoint: str, gated: bool = False) -> Iterator[Non
     )
     try:
         yield
-    except GatedRepoError:
-        raise HubError(gated_line) from None
+    except GatedRepoError as exc:
+        raise AccessDenied(gated_line, 403 if exc.response is None else exc.response.status_code) from None
     except RepositoryNotFoundError:
-        raise HubError(
+        raise NotOnHub(
             f"model '{repo}' not found on the Hugging Face hub (a private repo needs 'hf auth login' or HF_TOKEN)"
         ) from None
     except RevisionNotFoundError:
-        raise HubError(f"revision '{goal.revision}' not found in '{repo}' on the Hugging Face hub") from None
+        raise NotOnHub(f"revision '{goal.revision}' not found in '{repo}' on the Hugging Face hub") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise HubError(
-                gated_line if gated else f"the hub refused access to '{repo}' ({status}): check HF_TOKEN"
+            raise AccessDenied(
+                gated_line if gated else f"the hub refused access to '{repo}' ({status}): check HF_TOKEN", status
             ) from None
         said = (exc.server_message or str(exc)).strip().splitlines()[0]
-        raise HubError(f"the Hugging Face hub answered {status} for '{repo}': {said}") from None
+        raise HubFailed(f"the Hugging Face hub answered {status} for '{repo}': {said}") from None
     except HFValidationError:
         raise UsageProblem(f"'{repo}' is not a valid Hugging Face repo id") from None
     except httpx2.TransportError as exc:

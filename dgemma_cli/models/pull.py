@@ -3,6 +3,13 @@ verify them, and store a manifest that points at the snapshot. Yields progress e
 
 config.json and the shard index come first (before the plan and its disk check), so a repo that is not a
 DiffusionGemma fails before any weights are fetched, and only the shards the index names are fetched.
+
+A file already in the cache (an earlier pull, `hf download`) counts only once its bytes hash to what the hub lists:
+the sha256 for files stored in LFS (the weights), the git blob id for the rest. One that does not is removed and
+downloaded again, so a re-pull repairs a file corrupted in place; hashing reads at disk speed, far faster than
+any download. `verify` adds what loading only samples: every shared weight stored twice compared byte for byte.
+Offline, nothing is hashed unless `verify` asks (then against the sha256 each blob is named by, with no way to
+repair). `verify_model` is `dgemma show --verify`: the files against the sha256 their manifest records.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +47,8 @@ SMALL_FILES = (
 )
 QUANT_CONFIG = "*quant*config.json"  # hf_quant_config.json, quantization_config.json, quantize_config.json
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+HASH_BLOCK = 1 << 24  # bytes hashed between progress reports
+COPIES = "shared-weight copies"  # what `Checking` names while it compares them
 
 
 class PullError(DgemmaError):
@@ -59,6 +68,16 @@ class Resolved:
 @dataclass(frozen=True)
 class Note:
     text: str
+
+
+@dataclass(frozen=True)
+class Checking(Note):
+    """`done` of `size` bytes of a file on disk hashed (or of the shared-weight copies compared). A Note, so a
+    consumer that knows only Notes still shows something true."""
+
+    path: str
+    size: int
+    done: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class Verified:
     files: int
     tensors: int
     hashes: bool  # sizes and sha256 checked against the hub (not when offline)
+    copies: int | None = None  # shared weights stored twice, compared byte for byte (None: only sampled)
 
 
 @dataclass(frozen=True)
@@ -94,27 +114,29 @@ class Pulled:
     seconds: float
 
 
-Event = Resolved | Note | Planned | FileStarted | FileProgress | Verified | Pulled
+Event = Resolved | Note | Checking | Planned | FileStarted | FileProgress | Verified | Pulled
 
 
 # -- the pull --------------------------------------------------------------------------------------
 
 
-def pull_model(goal: Target, cache_dir: Path | None = None, endpoint: str | None = None) -> Iterator[Event]:
+def pull_model(
+    goal: Target, cache_dir: Path | None = None, endpoint: str | None = None, verify: bool = False
+) -> Iterator[Event]:
     """Pull `goal` and save its manifest; served from the cache alone when offline or the hub is unreachable."""
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     cache = RepoCache(Path(cache_dir or constants.HF_HUB_CACHE), goal.repo_id)
     if constants.is_offline_mode():
-        yield from _from_cache(goal, cache, "HF_HUB_OFFLINE is set", "unset it to download")
+        yield from _from_cache(goal, cache, "HF_HUB_OFFLINE is set", "unset it to download", verify)
         return
     try:
         with hub_errors(goal, endpoint):
             info = repo_info(goal, endpoint)
     except HubUnreachable as exc:
-        yield from _from_cache(goal, cache, str(exc), "check the connection")
+        yield from _from_cache(goal, cache, str(exc), "check the connection", verify)
         return
     with hub_errors(goal, endpoint, gated=info.gated):
-        yield from _Download(goal, cache, info, endpoint).run()
+        yield from _Download(goal, cache, info, endpoint, verify).run()
 
 
 def wanted(path: str) -> bool:
@@ -123,11 +145,11 @@ def wanted(path: str) -> bool:
 
 
 class _Download:
-    def __init__(self, goal: Target, cache: RepoCache, info: RepoInfo, endpoint: str) -> None:
-        self.goal, self.cache, self.info, self.endpoint = goal, cache, info, endpoint
+    def __init__(self, goal: Target, cache: RepoCache, info: RepoInfo, endpoint: str, verify: bool) -> None:
+        self.goal, self.cache, self.info, self.endpoint, self.verify = goal, cache, info, endpoint, verify
         self.snapshot = cache.snapshot(info.commit)
         self.headers = build_hf_headers()  # HF_TOKEN or the stored login
-        self.sha256: dict[str, str] = {}
+        self.sha256: dict[str, str] = {}  # of every file verified so far, cached or downloaded
         self.downloaded = 0
 
     def run(self) -> Iterator[Event]:
@@ -142,11 +164,14 @@ class _Download:
         load_config(self.snapshot)  # not a DiffusionGemma, or a quantization we cannot run: stop before the weights
         detect_scheme(self.snapshot)
         files = [f for p, f in sorted(self.info.files.items()) if wanted(p)] + self._weights()
+        for file in files:  # before the plan, which counts a corrupt cached file as missing
+            yield from self._check(file)
         yield self._plan(files)
         for file in files:
             yield from self._get(file)
         checkpoint = inspect(self.snapshot)
-        yield Verified(files=len(files), tensors=len(checkpoint.tensors), hashes=True)
+        copies = (yield from _copies_intact(checkpoint)) if self.verify else None
+        yield Verified(files=len(files), tensors=len(checkpoint.tensors), hashes=True, copies=copies)
         self.cache.write_ref(self.goal.revision or "main", self.info.commit)
         manifest = _save(
             self.goal, checkpoint, self.info.commit, [(f.path, f.size, self.sha256[f.path]) for f in files]
@@ -184,13 +209,33 @@ class _Download:
         check_space(self.cache.root, need)
         return Planned(total=sum(f.size for f in files), present=present)
 
+    def _check(self, file: RemoteFile) -> Iterator[Event]:
+        """A file the cache holds at the right size is hashed against the hub's listing; one that does not match
+        is removed from the snapshot and the blobs, so `_get` downloads it again."""
+        commit, cache = self.info.commit, self.cache
+        if file.path in self.sha256:
+            return
+        with cache.lock(file.etag):
+            if not cache.adopt(commit, file.path, file.etag, file.size):
+                return
+            digest = Digest(git_size=None if file.sha256 else file.size)
+            yield from _hash(cache.snapshot(commit) / file.path, file.size, digest, file.path)
+            problem = _mismatch(file, digest)
+            if problem is None:
+                self.sha256[file.path] = digest.sha256.hexdigest()
+                return
+            (cache.snapshot(commit) / file.path).unlink()
+            cache.blob(file.etag).unlink(missing_ok=True)
+        yield Note(f"{file.path} in the cache is corrupted ({problem}): downloading it again")
+
     def _get(self, file: RemoteFile) -> Iterator[Event]:
-        """Make the file part of the snapshot: from the cache when there, else downloaded, verified and linked."""
+        """Make the file part of the snapshot: from the cache when there and intact, else downloaded, verified and
+        linked."""
+        yield from self._check(file)
+        if file.path in self.sha256:
+            return
         commit, cache = self.info.commit, self.cache
         with cache.lock(file.etag):
-            if cache.adopt(commit, file.path, file.etag, file.size):
-                self.sha256[file.path] = file.sha256 or _sha256_of(cache.snapshot(commit) / file.path)
-                return
             partial = cache.partial(file.etag)
             kept = _kept(partial, file.size)
             yield FileStarted(file.path, file.size, kept)
@@ -229,8 +274,10 @@ def check_space(folder: Path, need: int) -> None:
         raise PullError(f"not enough disk space in {existing}: need {human(need)}, have {human(free)}")
 
 
-def _from_cache(goal: Target, cache: RepoCache, reason: str, advice: str) -> Iterator[Event]:
-    """Register a snapshot already in the Hugging Face cache (pulled before, or fetched by `hf download`)."""
+def _from_cache(goal: Target, cache: RepoCache, reason: str, advice: str, verify: bool) -> Iterator[Event]:
+    """Register a snapshot already in the Hugging Face cache (pulled before, or fetched by `hf download`). With
+    `verify`, every file whose blob is named by its sha256 is hashed against that name, and the shared-weight copies
+    are compared in full; a corrupt file fails the pull (repairing it needs the hub)."""
     try:
         folder = Path(
             snapshot_download(
@@ -242,16 +289,98 @@ def _from_cache(goal: Target, cache: RepoCache, reason: str, advice: str) -> Ite
             )
         )
     except LocalEntryNotFoundError:
-        raise PullError(
+        raise HubUnreachable(  # the hub is out of reach and the cache has nothing: a pull can only wait
             f"{reason}, and '{goal.repo_id}' is not in the Hugging Face cache ({cache.cache_dir}): {advice}"
         ) from None
     yield Resolved(goal.repo_id, folder.name, goal.ref)
     yield Note(f"{reason}: using the cached snapshot")
     checkpoint = inspect(folder)
     paths = {p for p in folder.iterdir() if wanted(p.name)} | {checkpoint.tensors[n].path for n in checkpoint.tensors}
-    yield Verified(files=len(paths), tensors=len(checkpoint.tensors), hashes=False)
+    copies = None
+    if verify:
+        named = sorted(p for p in paths if SHA256.match(p.resolve().name))
+        for path in named:
+            digest = Digest()
+            yield from _hash(path, path.stat().st_size, digest, path.name)
+            if digest.sha256.hexdigest() != path.resolve().name:
+                raise PullError(
+                    f"{path.name} in the cache is corrupted (sha256 {digest.sha256.hexdigest()[:16]}…, its blob is "
+                    f"named {path.resolve().name[:16]}…): run '{goal.again}' online to download it again"
+                )
+        yield Note(f"hashed {len(named)} cached files: each matches the sha256 its blob is named by")
+        copies = yield from _copies_intact(checkpoint)
+    yield Verified(files=len(paths), tensors=len(checkpoint.tensors), hashes=False, copies=copies)
     files = [(p.name, p.stat().st_size, _sha256_of(p)) for p in paths]
     yield Pulled(_save(goal, checkpoint, folder.name, files), 0, 0.0)
+
+
+def _hash(path: Path, size: int, digest: Digest, name: str) -> Iterator[Checking]:
+    """Feed the file to `digest`, reporting progress under `name`."""
+    yield Checking(f"checking {name}", name, size, 0)
+    done = 0
+    with path.open("rb") as held:
+        while block := held.read(HASH_BLOCK):
+            digest.update(block)
+            done += len(block)
+            yield Checking(f"checking {name}", name, size, done)
+
+
+def _compare_copies(checkpoint: CheckpointInfo) -> Generator[Checking, None, tuple[int, list[str]]]:
+    """Every shared weight stored twice, compared byte for byte by the runtime (loading compares samples): how many
+    there are, and one line per copy that differs."""
+    twice = checkpoint.shared_copies
+    total, done, problems = sum(size for _, size in twice), 0, []
+    yield Checking(f"checking {COPIES}", COPIES, total, 0)
+    for name, size in twice:
+        problem = checkpoint.copy_problem(name)
+        if problem is not None:
+            problems.append(problem)
+        done += size
+        yield Checking(f"checking {COPIES}", COPIES, total, done)
+    return len(twice), problems
+
+
+def _copies_intact(checkpoint: CheckpointInfo) -> Generator[Checking, None, int]:
+    """`_compare_copies` for a pull: the first copy that differs fails it (the hub's own file is wrong)."""
+    count, problems = yield from _compare_copies(checkpoint)
+    if problems:
+        raise CheckpointError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return count
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What `verify_model` found: one line per problem, and what it checked (for the all-clear line)."""
+
+    problems: list[str]
+    hashed: int  # files hashed against the sha256 their manifest records
+    tensors: int
+    copies: int  # shared weights stored twice, compared byte for byte
+
+
+def verify_model(manifest: store.Manifest) -> Generator[Checking, None, Verification]:
+    """`dgemma show --verify`: every file against the size and sha256 its manifest recorded when it was pulled,
+    then the checkpoint as the runtime reads it (tensor names and shapes, shared-weight copies byte for byte)."""
+    problems: list[str] = []
+    repair = "; pulling the model again repairs it" if manifest.source.startswith("hf:") else ""
+    for entry in manifest.files:
+        name, path = entry["name"], manifest.folder / entry["name"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry["size"]:
+            found = "missing" if size is None else f"{size} bytes"
+            problems.append(f"{name}: {found}, the manifest records {entry['size']} bytes{repair}")
+            continue
+        digest = Digest()
+        yield from _hash(path, entry["size"], digest, name)
+        if digest.sha256.hexdigest() != entry["sha256"]:
+            got, recorded = digest.sha256.hexdigest()[:16], entry["sha256"][:16]
+            problems.append(f"{name}: sha256 {got}…, the manifest records {recorded}…{repair}")
+    try:
+        checkpoint = inspect(manifest.folder)
+    except DgemmaError as exc:
+        return Verification([*problems, str(exc)], len(manifest.files), 0, 0)
+    copies, differ = yield from _compare_copies(checkpoint)
+    return Verification(problems + differ, len(manifest.files), len(checkpoint.tensors), copies)
 
 
 def _sha256_of(path: Path) -> str:

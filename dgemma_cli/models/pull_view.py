@@ -1,9 +1,11 @@
-"""`dgemma pull` on stderr: a total bar and one bar per file (bytes, rate, ETA), then what was verified."""
+"""`dgemma pull` on stderr: a total bar and one bar per file (bytes, rate, ETA), a bar while a big cached file is
+hashed, then what was verified. `show --verify` uses the hashing bars alone."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -20,11 +22,24 @@ from rich.progress import (
 from ..errors import EXIT_INTERRUPTED
 from ..units import human
 from .hub import Target
-from .pull import Event, FileProgress, FileStarted, Note, Planned, Pulled, Resolved, Verified
+from .pull import (
+    Checking,
+    Event,
+    FileProgress,
+    FileStarted,
+    Note,
+    Planned,
+    Pulled,
+    Resolved,
+    Verification,
+    Verified,
+)
+
+T = TypeVar("T")
 
 
 class PullView:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, transient: bool = False) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -32,13 +47,17 @@ class PullView:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=console,
+            transient=transient,
         )
         self.console = console
         self.total: TaskID | None = None
         self.files: dict[str, tuple[TaskID, int]] = {}  # path -> (task, bytes shown)
+        self.checks: dict[str, TaskID] = {}  # path -> the bar of its hashing, while it runs
 
     def show(self, event: Event) -> None:
-        if isinstance(event, Resolved):
+        if isinstance(event, Checking):  # before Note: a Checking is one
+            self._checking(event)
+        elif isinstance(event, Resolved):
             self._say(f"pulling {event.repo_id} at {event.commit[:12]} as '{event.ref}'")
         elif isinstance(event, Note):
             self._say(event.text)
@@ -61,6 +80,18 @@ class PullView:
         elif isinstance(event, Pulled):
             self._pulled(event)
 
+    def _checking(self, event: Checking) -> None:
+        """A bar while a file is hashed, gone when it is done; a file hashed in one read never gets one."""
+        task = self.checks.get(event.path)
+        if event.done >= event.size:
+            if task is not None:
+                self.progress.remove_task(self.checks.pop(event.path))
+        elif task is None and event.done:
+            self.progress.start()
+            self.checks[event.path] = self.progress.add_task(f"checking {event.path}", total=event.size)
+        if event.path in self.checks:
+            self.progress.update(self.checks[event.path], completed=event.done)
+
     def _say(self, line: str) -> None:
         self.console.print(line, highlight=False, soft_wrap=True)
 
@@ -78,6 +109,8 @@ class PullView:
     def _verified(self, event: Verified) -> None:
         checks = ["sizes and sha256 match the hub"] if event.hashes else []
         checks.append(f"{event.tensors} tensors match config.json")
+        if event.copies is not None:
+            checks.append(f"{event.copies} shared-weight copies identical byte for byte")
         self._say(f"verified {event.files} files: {', '.join(checks)}")
 
     def _pulled(self, event: Pulled) -> None:
@@ -88,6 +121,35 @@ class PullView:
             else "nothing to download"
         )
         self._say(f"pulled '{manifest.ref}' ({human(manifest.size_bytes())}, {fetched}): dgemma run {manifest.ref}")
+
+
+def checked(checks: Generator[Checking, None, T]) -> T:
+    """Run a check, its hashing bars on stderr when that is a terminal (and gone after), and return its result."""
+    view = PullView(Console(stderr=True), transient=True) if sys.stderr.isatty() else None
+    try:
+        while True:
+            try:
+                event = next(checks)
+            except StopIteration as stop:
+                return stop.value
+            if view is not None:
+                view.show(event)
+    finally:
+        if view is not None:
+            view.close()
+
+
+def verified_line(report: Verification) -> str:
+    """`show --verify`'s all-clear, naming each check that ran (and the one that could not)."""
+    hashed = (
+        f"{report.hashed} files match the sha256 recorded when it was pulled"
+        if report.hashed
+        else "no sha256 recorded (not pulled: files not hashed)"
+    )
+    return (
+        f"OK: {hashed}, {report.tensors} tensors match config.json, "
+        f"{report.copies} shared-weight copies identical byte for byte"
+    )
 
 
 def render(goal: Target, events: Iterable[Event]) -> None:

@@ -12,7 +12,8 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -30,8 +31,9 @@ HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class ModelNotFound(DgemmaError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"model '{name}' not found — see 'dgemma list', or 'dgemma pull {name}'")
+    def __init__(self, name: str, hint: str = "") -> None:
+        hint = hint or f"see 'dgemma list', or 'dgemma pull {name}'"
+        super().__init__(f"model '{name}' not found — {hint}")
 
 
 class StoreError(DgemmaError):
@@ -117,9 +119,17 @@ def _builtin(name: str) -> Manifest:
 
 def _read(path: Path) -> Manifest:
     try:
-        return Manifest(**json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        manifest = Manifest(**json.loads(path.read_text()))
+        # The shape every reader assumes, checked once here: text fields, files with sizes, an ISO time.
+        if not all(isinstance(getattr(manifest, f.name), str) for f in fields(Manifest) if f.name != "files"):
+            raise TypeError("a field that should be text is not")
+        for listed in manifest.files:
+            int(listed["size"])
+        if manifest.modified:
+            datetime.fromisoformat(manifest.modified)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # ValueError: bad JSON, UTF-8 or time
         raise StoreError(f"{path}: unreadable manifest ({exc})") from None
+    return manifest
 
 
 def resolve(ref: str) -> Manifest:
@@ -127,6 +137,11 @@ def resolve(ref: str) -> Manifest:
     folder = Path(ref).expanduser()
     if folder.is_dir():
         return Manifest(name=folder.name, tag="latest", path=str(folder.resolve()), source="local")
+    return lookup(ref)
+
+
+def lookup(ref: str) -> Manifest:
+    """A store name or a pulled hub repo, never a folder: for names that come from the network."""
     if ("/" in ref or ref.startswith(".")) and not hub_ref(ref):
         raise ModelNotFound(ref)
     name, tag = _key(ref)
@@ -135,14 +150,27 @@ def resolve(ref: str) -> Manifest:
     path = _manifest_path(name, tag)
     if not path.exists():
         raise ModelNotFound(ref)
-    return _read(path)
+    manifest = _read(path)
+    if not manifest.folder.is_dir():  # deleted behind the store's back (say, by `hf cache delete`)
+        raise ModelNotFound(ref, f"its folder {manifest.path} is gone; 'dgemma pull {ref}' fetches it again")
+    return manifest
 
 
-def list_models() -> list[Manifest]:
+def list_models(skipped: Callable[[str], None] | None = None) -> list[Manifest]:
+    """The built-in and stored models. An entry that cannot be listed (an unreadable manifest, a model folder that
+    is gone) is left out and `skipped` is told why: one bad entry must not hide the others."""
     found = [_builtin(name) for name in BUILTIN]
     root = models_dir() / "manifests"
-    if root.is_dir():
-        found += [_read(p) for p in sorted(root.glob("*/*.json"))]
+    for path in sorted(root.glob("*/*.json")) if root.is_dir() else []:
+        try:
+            manifest = _read(path)
+            if not manifest.folder.is_dir():
+                raise StoreError(f"{path}: its model folder {manifest.path} is gone")
+        except StoreError as exc:
+            if skipped is not None:
+                skipped(str(exc))
+            continue
+        found.append(manifest)
     return found
 
 

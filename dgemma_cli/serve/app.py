@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from ..errors import UsageProblem
 from ..models import store
+from .guard import Guard, Policy
 from .ollama import router as ollama
 from .openai import router as openai
 from .schema import BadRequest, keep_alive_seconds
@@ -32,9 +33,11 @@ class ServeError(DgemmaError):
 # -- the app ---------------------------------------------------------------------------------------
 
 
-def create_app(state: ServeState) -> FastAPI:
-    app = FastAPI(title="dgemma", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(state: ServeState, policy: Policy | None = None) -> FastAPI:
+    """The app behind its guard (guard.py): by default a loopback server's, no other origins, no key."""
+    app = FastAPI(title="dgemma", docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # test_fuzz.py uses it
     app.state.serve = state
+    app.add_middleware(Guard, policy=policy or Policy())
     app.include_router(ollama)
     app.include_router(openai)
 
@@ -50,7 +53,7 @@ def create_app(state: ServeState) -> FastAPI:
     async def disconnected(request: Request, exc: Disconnected) -> Response:
         return Response(status_code=499)  # nobody reads it: the client has gone
 
-    @app.api_route("/", methods=["GET", "HEAD"])
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # two methods: one id, twice
     async def root() -> Response:
         return Response("dgemma is running", media_type="text/plain")
 
@@ -106,12 +109,21 @@ def serve(
     if default is not None:
         worker.preload(default, idle)
     worker.start()
-    app = create_app(ServeState(worker, default, idle))
     bound_host, bound_port = sock.getsockname()[:2]
+    policy = Policy.from_env(bound_host, os.environ)
+    app = create_app(ServeState(worker, default, idle), policy)
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     announce(f"serving the Ollama API (/api) and the OpenAI API (/v1) on http://{shown}:{bound_port}")
+    if exposed := policy.exposure(shown):
+        announce(exposed)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.serve.stopping = True  # open streams end now with an error line, not cancelled mid-write
+            await super().shutdown(sockets)
+
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)).run(sockets=[sock])
+        Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)).run(sockets=[sock])
     finally:
         worker.stop()
         sock.close()

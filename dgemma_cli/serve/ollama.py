@@ -12,10 +12,18 @@ from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
 
-from dgemma_runtime import CanvasEvent, DgemmaError, StepEvent, inspect, load_config
-from fastapi import APIRouter
+from dgemma_runtime import (
+    CanvasEvent,
+    CheckpointError,
+    DgemmaError,
+    StepEvent,
+    UnsupportedModelError,
+    inspect,
+    load_config,
+)
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import iterate_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 
 from ..facts import model_facts
@@ -30,17 +38,28 @@ from .schema import (
     OllamaRequest,
     PullRequest,
     Render,
+    capped_body,
     chat_prompt,
     message,
     ollama_options,
+    openapi_body,
     raw_prompt,
     read_body,
     user_prompt,
 )
-from .shared import Transcript, listed_models, model_name, ndjson, state_of, step_frame
-from .worker import Finished, Item, Job, Started
+from .shared import (
+    Transcript,
+    error_response,
+    listed_models,
+    model_name,
+    ndjson,
+    state_of,
+    status_of,
+    step_frame,
+)
+from .worker import Finished, Item, Job, Started, prepare
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", dependencies=[Depends(capped_body)])
 NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)  # expires_at of a model kept for good
 
 
@@ -103,6 +122,8 @@ async def respond(request: Request, body: OllamaRequest, render: Render | None, 
     state = state_of(request)
     frames = body.frames and body.stream
     job = state.job(body.model, body.keep_alive, render, ollama_options(body.options), frames)
+    if render is not None:  # a prompt or answer length that does not fit is a 400 now, not after the wait
+        await run_in_threadpool(prepare, job, state.defaults(job.model))
     started, items = await state.start(request, job)
     reply = Reply(body.model or job.model.ref, chat, job, started)
     if render is None:
@@ -117,7 +138,7 @@ def no_images(images: list[str] | None) -> None:
         raise BadRequest("images are not supported: this runtime reads text only")
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=openapi_body(GenerateRequest))
 async def generate(request: Request) -> Response:
     body = await read_body(request, GenerateRequest)
     no_images(body.images)
@@ -131,7 +152,7 @@ async def generate(request: Request) -> Response:
     return await respond(request, body, render, chat=False)
 
 
-@router.post("/chat")
+@router.post("/chat", openapi_extra=openapi_body(ChatRequest))
 async def chat(request: Request) -> Response:
     body = await read_body(request, ChatRequest)
     for m in body.messages:
@@ -179,7 +200,7 @@ async def tags(request: Request) -> dict[str, object]:
     return {"models": [entry(m) for m in listed_models(state_of(request))]}
 
 
-@router.post("/show")
+@router.post("/show", openapi_extra=openapi_body(ModelRequest))
 async def show(request: Request) -> dict[str, object]:
     body = await read_body(request, ModelRequest)
     state = state_of(request)
@@ -255,31 +276,55 @@ class PullStatus:
             return self._file(event.path, event.done)
         if isinstance(event, pulling.Verified):
             return {"status": f"verified {event.files} files, {event.tensors} tensors"}
-        return {"status": "success"}
+        if isinstance(event, pulling.Pulled):
+            return {"status": "success"}
+        raise TypeError(f"no Ollama status for the pull event {event!r}")  # a new event type must be mapped here
 
     def _file(self, path: str, done: int) -> dict[str, object]:
         return {"status": f"pulling {path}", "digest": path, "total": self.sizes.get(path, 0), "completed": done}
 
 
-@router.post("/pull")
+def pull_status(exc: Exception) -> int:
+    """A failed pull's status: what the hub said of the repo, or that it could not be reached."""
+    from ..models import hub
+
+    if isinstance(exc, hub.AccessDenied):
+        return exc.status  # 401 or 403, as the hub said
+    statuses = (
+        (hub.NotOnHub, 404),
+        (hub.HubUnreachable, 503),
+        ((hub.HubFailed, pulling.PullError), 502),  # the hub failed, or what it sent cannot be used
+        ((hub.HubError, CheckpointError, UnsupportedModelError), 400),  # a built-in name, a repo dgemma cannot run
+    )
+    return next((status for kinds, status in statuses if isinstance(exc, kinds)), status_of(exc))
+
+
+@router.post("/pull", openapi_extra=openapi_body(PullRequest))
 async def pull(request: Request) -> Response:
     from ..models.hub import target  # huggingface_hub loads only when a pull is asked for
 
     body = await read_body(request, PullRequest)
     if not body.ref:
         raise BadRequest("no model given")
-    events = iterate_in_threadpool(pulling.pull_model(target(body.ref)))
     status = PullStatus()
-    first = status(await anext(events))  # a pull that fails at once gets a status code
+    said: list[dict[str, object]] = []
+    try:
+        events = iterate_in_threadpool(pulling.pull_model(target(body.ref)))
+        # Nothing is sent before the repo is resolved (its config.json fetched), so a missing, gated or
+        # unreachable repo gets its status code rather than a 200 and an error line. Unstreamed: the last status.
+        async for event in events:
+            said = [*said, status(event)] if body.stream else [status(event)]
+            if body.stream and isinstance(event, pulling.Resolved):
+                break
+        if not body.stream:
+            return JSONResponse(said[-1])
+    except DgemmaError as exc:
+        return error_response(request, exc, pull_status(exc))
 
     async def progress() -> AsyncIterator[dict]:
-        yield first
+        for shown in said:
+            yield shown
         async for event in events:
             yield status(event)
 
-    if body.stream:
-        return ndjson(progress())
-    outcome = first
-    async for event in events:
-        outcome = status(event)
-    return JSONResponse(outcome)
+    return ndjson(progress())

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 from dgemma_runtime import CanvasEvent, StepEvent
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ..models import store
@@ -20,16 +21,18 @@ from .schema import (
     CompletionRequest,
     OpenAIRequest,
     Render,
+    capped_body,
     chat_prompt,
     message,
     openai_options,
+    openapi_body,
     read_body,
     user_prompt,
 )
 from .shared import Transcript, listed_models, model_name, sse, state_of, step_frame
-from .worker import Finished, Item
+from .worker import Finished, Item, prepare
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", dependencies=[Depends(capped_body)])
 
 
 def created(manifest: store.Manifest) -> int:
@@ -85,6 +88,7 @@ async def respond(request: Request, body: OpenAIRequest, render: Render, chat: b
         raise BadRequest("n: only one choice per request")
     state = state_of(request)
     job = state.job(body.model, body.keep_alive, render, openai_options(body), body.frames and body.stream)
+    await run_in_threadpool(prepare, job, state.defaults(job.model))  # what does not fit is a 400 before the wait
     _, items = await state.start(request, job)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     reply = Reply(body.model or job.model.ref, chat, include_usage)
@@ -93,7 +97,7 @@ async def respond(request: Request, body: OpenAIRequest, render: Render, chat: b
     return JSONResponse(await reply.whole(items))
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await read_body(request, ChatCompletionRequest)
     messages = [message(m.role, m.text()) for m in body.messages]
@@ -102,7 +106,7 @@ async def chat_completions(request: Request) -> Response:
     return await respond(request, body, chat_prompt(messages, body.thinks), chat=True)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=openapi_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await read_body(request, CompletionRequest)
     text = body.text()

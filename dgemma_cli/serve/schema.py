@@ -7,10 +7,11 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from dgemma_runtime import OPTION_NAMES, DgemmaError, GenerationOptions, Message, Tokenizer
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 # Ollama's own options that mean nothing to a diffusion sampler: accepted, so its clients work, and ignored.
@@ -62,12 +63,26 @@ class BadRequest(DgemmaError):
 # -- bodies ----------------------------------------------------------------------------------------
 
 
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):  # pydantic would read `true` as 1: a one-token answer nobody asked for
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)
+# JSON integers as Ollama's Go server reads them: 64 bits at most (a torch seed is one), never a boolean.
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**64), NotBool]  # Field first: the schema shows the range
+KeepAlive = Annotated[float | str | None, NotBool]
+# What the published schema says beyond the types; the routes check these themselves, with their own messages.
+Role = Annotated[str, Field(json_schema_extra={"enum": sorted(ROLES)})]
+
+
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")  # clients send fields of newer API versions: never refuse them
 
 
 class OllamaMessage(Lenient):
-    role: str
+    role: Role
     content: str = ""
     images: list[str] | None = None
 
@@ -76,7 +91,7 @@ class OllamaRequest(Lenient):
     model: str = ""
     stream: bool = True
     options: dict[str, Any] = {}
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     think: bool | str | None = None
     frames: bool = False  # dgemma's extension: step events too
 
@@ -115,13 +130,13 @@ class OpenAIRequest(BaseModel):
     model: str = ""
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int = 1
+    seed: Int64 | None = None
+    max_tokens: Int64 | None = None
+    max_completion_tokens: Int64 | None = None
+    n: Annotated[Int64, Field(json_schema_extra={"minimum": 1, "maximum": 1})] = 1
     think: bool | None = None
     reasoning_effort: str | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     frames: bool = False
 
     @property
@@ -130,7 +145,7 @@ class OpenAIRequest(BaseModel):
 
 
 class OpenAIMessage(Lenient):
-    role: str
+    role: Role
     content: str | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
@@ -143,11 +158,11 @@ class OpenAIMessage(Lenient):
 
 
 class ChatCompletionRequest(OpenAIRequest):
-    messages: list[OpenAIMessage]
+    messages: Annotated[list[OpenAIMessage], Field(json_schema_extra={"minItems": 1})]
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str]
+    prompt: Annotated[str | list[str], Field(json_schema_extra={"minLength": 1, "minItems": 1, "maxItems": 1})]
 
     def text(self) -> str:
         if isinstance(self.prompt, str):
@@ -157,13 +172,29 @@ class CompletionRequest(OpenAIRequest):
         return self.prompt[0]
 
 
+def _json_int(text: str) -> int:
+    # Checked before int(): thousands of digits would hit Python's int max-str-digits limit (a ValueError).
+    if len(text) > 21 or not -(2**63) <= int(text) < 2**64:
+        raise BadRequest(f"number {text[:24]}{'…' if len(text) > 24 else ''} does not fit in 64 bits")
+    return int(text)
+
+
+def _not_json(constant: str) -> float:
+    raise BadRequest(f"malformed JSON: {constant} is not a JSON number")
+
+
 async def read_body(request: Request, kind: type[Body]) -> Body:
     """The JSON body as `kind`; malformed JSON or a wrong field is a BadRequest naming what is wrong."""
     raw = await request.body()
     try:
-        data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw or b"{}", parse_int=_json_int, parse_constant=_not_json)
+        json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate ("\ud800") parses, but is no text
+    except UnicodeEncodeError:
+        raise BadRequest("malformed JSON: a string holds a lone UTF-16 surrogate") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     try:
@@ -172,6 +203,44 @@ async def read_body(request: Request, kind: type[Body]) -> Body:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise BadRequest(f"{where}: {first['msg']}") from None
+
+
+def openapi_body(kind: type[BaseModel]) -> dict[str, Any]:
+    """A route's `openapi_extra` for the body it reads with `read_body`: FastAPI documents typed parameters only.
+    The nested models are inlined, so the schema stands alone (an empty body reads as `{}`: not required)."""
+    schema = kind.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            return inline(defs[ref.rsplit("/", 1)[-1]]) if ref else {k: inline(v) for k, v in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"content": {"application/json": {"schema": inline(schema)}}}}
+
+
+# -- limits ----------------------------------------------------------------------------------------
+
+MAX_BODY_BYTES = 16 * 2**20  # a long conversation's text many times over (images will need more)
+
+
+async def capped_body(request: Request) -> None:
+    """The routers' dependency: the body read here, up to MAX_BODY_BYTES, and kept for `request.body()`; a longer
+    one is a 413, by its Content-Length or as it arrives, before any of it is parsed."""
+    limit = f"{MAX_BODY_BYTES / 2**20:g} MiB ({MAX_BODY_BYTES} bytes)"
+    too_large = HTTPException(413, f"the request body is larger than the server's limit of {limit}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # Starlette's own cache: `body()` and `stream()` answer from it
 
 
 # -- options ---------------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ it imports neither API."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dgemma_runtime import (
     CanvasEvent,
+    DgemmaError,
     GenerationDefaults,
     GenerationOptions,
     OptionError,
@@ -26,8 +28,16 @@ from .schema import BadRequest, Render, keep_alive_seconds
 from .worker import Disconnected, Finished, Item, Job, QueueFull, Started, Worker
 
 RETRY_AFTER_SECONDS = 2
+log = logging.getLogger("dgemma.serve")
+
+
+class ShuttingDown(DgemmaError):
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down")
+
+
 STATUS = (
-    (QueueFull, 503),
+    ((QueueFull, ShuttingDown), 503),
     (store.ModelNotFound, 404),
     ((BadRequest, OptionError, UsageProblem, store.StoreError), 400),
 )
@@ -41,19 +51,24 @@ class ServeState:
     worker: Worker
     default_model: store.Manifest | None  # --model: requests may leave the model out
     keep_alive: float  # seconds, for requests that do not say
+    stopping: bool = False  # the server is shutting down: what is still open ends now, with an error
     _defaults: dict[Path, GenerationDefaults] = field(default_factory=dict)
+    unlisted: set[str] = field(default_factory=set)  # store entries that cannot be listed, logged once each
 
     def manifest(self, ref: str) -> store.Manifest:
-        """A stored model by name. A request never names a folder: only the operator's --model may be one."""
+        """A stored or built-in model by name. A request never names a folder: only the operator's --model may be
+        one, and requests reach it by its name."""
         if not ref:
             if self.default_model is None:
                 raise BadRequest("no model given: name one, or start the server with --model")
             return self.default_model
+        # `name[:tag]` or a hub repo `[hf.co/]org/repo[:revision]`: anything path-like is malformed
+        pathlike = ref.startswith((".", "/")) or any(bad in ref for bad in ("..", "\\", "~")) or not ref.isprintable()
+        if pathlike or ("/" in ref and store.hub_ref(ref) is None):
+            raise BadRequest(f"invalid model name {ref!r}: name a stored model (name[:tag]) or a hub repo (org/repo)")
         if self.default_model is not None and ref in (self.default_model.ref, model_name(self.default_model)):
             return self.default_model
-        if ref.startswith((".", "/", "~")):
-            raise store.ModelNotFound(ref)
-        return store.resolve(ref)
+        return store.lookup(ref)  # never a path: `tiny/../../x` must not reach a folder beside the store
 
     def defaults(self, manifest: store.Manifest) -> GenerationDefaults:
         if manifest.folder not in self._defaults:
@@ -83,9 +98,16 @@ class ServeState:
         return await anext(items, None), items  # type: ignore[return-value]
 
     async def _follow(self, job: Job, disconnected: Callable) -> AsyncIterator[Item]:
+        async def gone() -> bool:  # polled while the job waits
+            if self.stopping:
+                raise ShuttingDown()
+            return await disconnected()
+
         complete = False
         try:
-            async for item in job.items(disconnected):
+            async for item in job.items(gone):
+                if self.stopping:  # an open stream ends with an error line instead of being cancelled mid-write
+                    raise ShuttingDown()
                 yield item
             complete = True
         finally:
@@ -99,7 +121,13 @@ def state_of(request: Request) -> ServeState:
 
 def listed_models(state: ServeState) -> list[store.Manifest]:
     """The store's models, and the --model folder when it is not one of them."""
-    models = store.list_models()
+
+    def skipped(problem: str) -> None:
+        if problem not in state.unlisted:
+            state.unlisted.add(problem)
+            log.warning("not listing %s", problem)
+
+    models = store.list_models(skipped)
     default = state.default_model
     if default is not None and all(m.folder != default.folder for m in models):
         models.append(default)
@@ -161,33 +189,46 @@ def openai_error(message: str, status: int) -> dict[str, object]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
+def message_of(exc: Exception) -> str:
+    """One line: the first of the exception's, or its type when it says nothing."""
+    return next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
+
+
 def error_response(request: Request, exc: Exception, status: int | None = None) -> Response:
     status = status or status_of(exc)
-    message = str(exc) or type(exc).__name__
+    message = message_of(exc)
     body = openai_error(message, status) if is_openai(request) else ollama_error(message)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _lines(chunks: AsyncIterator[dict], frame: Callable[[dict], str], error: Callable[[str], dict]):
+async def _lines(chunks: AsyncIterator[dict], frame: Callable[[dict], str], error: Callable[[Exception], dict]):
+    """Each chunk framed. A failure after the status line has gone out becomes the stream's last object, in the
+    shape each API's clients raise on: Ollama's `{"error": ...}` line, OpenAI's error event before `[DONE]`."""
     try:
         async for chunk in chunks:
             yield frame(chunk)
     except Disconnected:
         return
-    except Exception as exc:  # the status line is long gone: the error becomes the stream's last object
-        yield frame(error(str(exc) or type(exc).__name__))
+    except Exception as exc:
+        if not isinstance(exc, DgemmaError):  # a bug, not a failure with its own message: log its traceback
+            log.error("a streamed response failed", exc_info=exc)
+        yield frame(error(exc))
 
 
 def ndjson(chunks: AsyncIterator[dict]) -> StreamingResponse:
-    return StreamingResponse(
-        _lines(chunks, lambda c: json.dumps(c) + "\n", ollama_error), media_type="application/x-ndjson"
-    )
+    def error(exc: Exception) -> dict:
+        return ollama_error(message_of(exc))
+
+    return StreamingResponse(_lines(chunks, lambda c: json.dumps(c) + "\n", error), media_type="application/x-ndjson")
 
 
 def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
+    def error(exc: Exception) -> dict:
+        return openai_error(message_of(exc), status_of(exc))
+
     async def events() -> AsyncIterator[str]:
-        async for line in _lines(chunks, lambda c: f"data: {json.dumps(c)}\n\n", lambda m: openai_error(m, 500)):
+        async for line in _lines(chunks, lambda c: f"data: {json.dumps(c)}\n\n", error):
             yield line
         yield "data: [DONE]\n\n"
 

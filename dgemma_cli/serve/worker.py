@@ -3,34 +3,45 @@ each with its own response queue that `None` ends and exceptions travel through.
 a decoder forward run as one batch; events are routed back to their request by `row`.
 
 One model is resident at a time: loaded on first use, unloaded after its keep-alive has passed with no request.
+
+Every job's prompt is rendered and checked against the model's context before it waits (`prepare`), so a prompt
+or an answer length that cannot fit is refused at once and never reaches a batch; a batch that fails anyway
+(out of memory, say) is run again one request at a time, so only the culprit gets the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from dgemma_runtime import (
     CanvasEvent,
     DgemmaError,
     Engine,
     FinalEvent,
+    GenerationDefaults,
     GenerationOptions,
     GenerationStats,
+    OptionError,
     ResolvedOptions,
     StepEvent,
     Tokenizer,
+    load_config,
     reclaim,
 )
 
 from ..models.store import Manifest
 
 POLL_SECONDS = 0.25  # how often a waiting request checks that its client is still there
+MAX_IDLE_WAIT_SECONDS = 3600.0
 
 
 class QueueFull(DgemmaError):
@@ -69,9 +80,11 @@ class Job:
     render: Callable[[Tokenizer], list[int]] | None
     keep_alive: float  # seconds; inf keeps the model loaded, 0 unloads it after this request
     options: GenerationOptions = field(default_factory=GenerationOptions)
-    resolved: ResolvedOptions | None = None  # options against the model's defaults: the batching key
+    resolved: ResolvedOptions | None = None  # against the model's defaults, then (`prepare`) its context
     frames: bool = False  # deliver step events too
-    ids: list[int] | None = None
+    ids: list[int] | None = None  # the rendered prompt (`prepare`)
+    began: bool = False  # `Started` was sent
+    answered: bool = False  # text was sent: the job can no longer start over
     submitted: float = field(default_factory=time.perf_counter)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _queue: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -83,6 +96,16 @@ class Job:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def prepare(self, tokenizer: Tokenizer, context: int, defaults: GenerationDefaults) -> None:
+        """Render the prompt and resolve the options against it and the model's `context`: an OptionError names
+        the limit; an answer length left open becomes what fits."""
+        assert self.render is not None
+        ids = self.render(tokenizer)
+        if not ids:
+            raise OptionError("the prompt is empty")
+        self.resolved = self.options.resolve(defaults, context, len(ids))
+        self.ids = ids
 
     def put(self, item: Item | BaseException | None) -> None:
         """From the worker thread: hand one item to the request's event loop."""
@@ -108,14 +131,39 @@ class Job:
             yield item
 
 
+@functools.lru_cache(maxsize=4)
+def _prompt_reader(folder: Path) -> tuple[Tokenizer, int] | None:
+    """A model's tokenizer and context length, to check prompts before the model is loaded; None without one."""
+    path = folder / "tokenizer.json"
+    return (Tokenizer(path), load_config(folder)[0].max_position_embeddings) if path.exists() else None
+
+
+def prepare(job: Job, defaults: GenerationDefaults) -> None:
+    """Before a job is queued (the routes call this in a thread): its prompt rendered and checked, so a prompt or
+    answer length that does not fit is a 400 at once. A model without a tokenizer fails later, in the worker."""
+    reader = _prompt_reader(job.model.folder)
+    if reader is not None and job.render is not None:
+        job.prepare(*reader, defaults)
+
+
+def similar_lengths(shortest: int, longest: int, canvas: int) -> bool:
+    """Whether prompts this far apart may share a batch. Rows are left-padded to the longest prompt and every
+    denoising step attends over prompt and canvas, so a short prompt beside a long one pays for the long one (28x
+    slower was seen). The rule: padding at most doubles any row's span, longest + canvas <= 2 (shortest + canvas),
+    i.e. lengths within a factor of 2, or within a canvas of each other for short prompts."""
+    return longest + canvas <= 2 * (shortest + canvas)
+
+
 def can_share_batch(head: Job, other: Job) -> bool:
-    """Whether `other` may run in `head`'s batch (prompts of any length: the engine left-pads them). A seeded
-    request runs alone, so its answer is the one `dgemma run --seed` gives."""
+    """Whether `other`'s options let it run in `head`'s batch: the same, and the same answer length asked for
+    (an open one is fitted to the batch's longest prompt when it runs); prompt lengths are `similar_lengths`'
+    business. A seeded request runs alone, so its answer is the one `dgemma run --seed` gives."""
+    if head.resolved is None or other.resolved is None or head.resolved.seed is not None:
+        return False
     return (
         other.model.folder == head.model.folder
-        and other.resolved == head.resolved
-        and head.resolved is not None
-        and head.resolved.seed is None
+        and other.options.max_new_tokens == head.options.max_new_tokens
+        and replace(other.resolved, max_new_tokens=head.resolved.max_new_tokens) == head.resolved
     )
 
 
@@ -214,7 +262,7 @@ class Worker:
                     self._load_only(head)
                 else:
                     engine, load_seconds = self._engine_for(head.model)
-                    batch = self._gather(head, engine.tokenizer)
+                    batch = self._gather(head, engine)
                     if batch:
                         self._generate(engine, batch, load_seconds)
             except Exception as exc:  # a model that fails to load fails its request, not the server
@@ -229,7 +277,8 @@ class Worker:
                 if left <= 0:
                     self._unload()
                     continue
-                self._cond.wait(None if math.isinf(left) else left)
+                # A keep-alive of years is a finite number too large for the lock's timeout: wake hourly instead.
+                self._cond.wait(None if math.isinf(left) else min(left, MAX_IDLE_WAIT_SECONDS))
             return None if self._stopped else self._waiting.popleft()
 
     def _engine_for(self, model: Manifest) -> tuple[Engine, float]:
@@ -257,31 +306,41 @@ class Worker:
         self._keep(job.keep_alive)
         self._end([job])
 
-    def _gather(self, head: Job, tokenizer: Tokenizer | None) -> list[Job]:
-        """`head` and the waiting jobs that can share its forwards (up to max_batch), in arrival order."""
-        assert tokenizer is not None  # the loader refuses models without one
-        if not self._render(head, tokenizer):
+    def _gather(self, head: Job, engine: Engine) -> list[Job]:
+        """`head` and the waiting jobs that can share its forwards (up to max_batch), in arrival order: the same
+        options, and prompts of similar lengths (`similar_lengths`)."""
+        if not self._render(head, engine):
             return []
         with self._cond:
             batch = [head]
+            shortest = longest = len(head.ids or ())
             for job in list(self._waiting):
                 if len(batch) == self.max_batch:
                     break
-                if job.render is None or job.model.folder != head.model.folder or not self._render(job, tokenizer):
+                if job.render is None or job.model.folder != head.model.folder or not self._render(job, engine):
                     continue
-                if can_share_batch(head, job):
+                length = len(job.ids or ())
+                lengths = min(shortest, length), max(longest, length)
+                if can_share_batch(head, job) and similar_lengths(*lengths, engine.config.canvas_length):
                     self._waiting.remove(job)
                     batch.append(job)
-            self._running = len(batch)
-            self._batches += 1
-            self._largest = max(self._largest, len(batch))
+                    shortest, longest = lengths
+            self._count(len(batch))
         return batch
 
-    def _render(self, job: Job, tokenizer: Tokenizer) -> bool:
-        """The job's prompt ids (kept on it); a prompt that cannot be rendered fails its job alone."""
+    def _count(self, size: int) -> None:
+        with self._cond:
+            self._running = size
+            self._batches += 1
+            self._largest = max(self._largest, size)
+
+    def _render(self, job: Job, engine: Engine) -> bool:
+        """The job's prompt ids and fitted options (the routes prepare theirs before queuing); a prompt that cannot
+        be rendered or does not fit fails its job alone."""
         if job.ids is None:
             try:
-                job.ids = job.render(tokenizer)  # type: ignore[misc]
+                assert engine.tokenizer is not None  # the loader refuses models without one
+                job.prepare(engine.tokenizer, engine.config.max_position_embeddings, engine.defaults)
             except Exception as exc:
                 with self._cond:
                     if job in self._waiting:
@@ -291,10 +350,31 @@ class Worker:
         return True
 
     def _generate(self, engine: Engine, batch: list[Job], load_seconds: float) -> None:
+        try:
+            self._stream(engine, batch, load_seconds)
+        except Exception as exc:
+            # One request must not fail the others: those with no text yet run again, each alone; a request
+            # that was alone, or has part of its answer already, gets the error.
+            again = [job for job in batch if not job.answered and not job.cancelled] if len(batch) > 1 else []
+            traceback.clear_frames(exc.__traceback__)  # the failed generation's tensors go before the retries
+            if not again:
+                self._keep(batch[-1].keep_alive)
+            self._end([job for job in batch if job not in again], exc)
+            for job in again:
+                self._count(1)
+                self._generate(engine, [job], 0.0)
+            return
+        self._end(batch)
+
+    def _stream(self, engine: Engine, batch: list[Job], load_seconds: float) -> None:
+        """Run one batch, each row's events to its job; raises what the engine raises."""
         for job in batch:
-            job.put(Started(load_seconds))
-        events = engine.stream([job.ids for job in batch], options=batch[0].options)
-        error: Exception | None = None
+            if not job.began:
+                job.began = True
+                job.put(Started(load_seconds))
+        # Every row's answer length fits the context beside its prompt; the least fits beside them all.
+        fits = min(job.resolved.max_new_tokens for job in batch if job.resolved is not None)
+        events = engine.stream([job.ids for job in batch], options=batch[0].options.merged(max_new_tokens=fits))
         finals: list[tuple[Job, Finished]] = []
         try:
             for event in events:
@@ -304,18 +384,16 @@ class Worker:
                         finals.append((job, Finished(event.stats, len(job.ids or ()), len(ids), reason)))
                     continue
                 job = batch[event.row]
+                job.answered |= isinstance(event, CanvasEvent)
                 if not job.cancelled and (job.frames or not isinstance(event, StepEvent)):
                     job.put(event)
                 if all(job.cancelled for job in batch):
                     break  # nobody is listening: closing the stream stops the engine
-        except Exception as exc:  # travels to every request of the batch
-            error = exc
         finally:
             events.close()
         self._keep(batch[-1].keep_alive)
         for job, finished in finals:  # after the keep-alive took effect: 'done' means the model is as asked
             job.put(finished)
-        self._end(batch, error)
 
     def _keep(self, keep_alive: float) -> None:
         """Ollama's rule: the latest request sets how long the model stays (0: unload now, inf: for good)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dgemma_runtime.options import MAX_STEPS
 
 from dgemma_cli.models import store
 from tests.support.checkpoints import write_chat_checkpoint
@@ -20,8 +21,10 @@ from tests.support.cli import DGEMMA, dgemma_env
 
 STARTUP_SECONDS = 60  # imports and a first model load on 2 shared cores
 LISTENING = re.compile(r"on (http://127\.0\.0\.1:\d+)")
-# A request that would run for minutes: one canvas that never converges (no entropy is below 0).
-ENDLESS = {"num_predict": 16, "steps": 100_000, "confidence_threshold": 0, "seed": 7}
+# A request that runs for minutes within the limits: every canvas takes the most steps allowed (no entropy is
+# below 0, so none converges), and the answer length is left open, so canvases follow until the context is full
+# or an end of turn comes: with this seed, 48 canvases of 1024 steps (about 50,000 forwards) on the CPU.
+ENDLESS = {"steps": MAX_STEPS, "confidence_threshold": 0, "seed": 0}
 
 
 def pytest_collection_modifyitems(items):

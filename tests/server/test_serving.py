@@ -108,7 +108,7 @@ def test_a_client_that_leaves_stops_its_generation(server, stream):
         ("/api/generate", '{"model": "tiny", "prompt": "x", "keep_alive": "soon"}', 400, "soon"),
         ("/api/chat", '{"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}', 400, "tool"),
         ("/api/generate", '{"model": "nope", "prompt": "x"}', 404, "nope"),
-        ("/api/generate", '{"model": "/etc", "prompt": "x"}', 404, "/etc"),
+        ("/api/generate", '{"model": "/etc", "prompt": "x"}', 400, "/etc"),  # a path: never a model name over HTTP
         ("/api/generate", '{"prompt": "x"}', 400, "no model"),
         ("/api/show", '{"model": "nope"}', 404, "nope"),
         ("/api/nothing", "{}", 404, "Not Found"),

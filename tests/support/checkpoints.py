@@ -36,6 +36,10 @@ TINY_VISION: dict[str, Any] = {
     "num_attention_heads": 2,
     "num_key_value_heads": 2,
     "head_dim": 16,
+    # Small patches and position table (16 and 10240 by default), so the tower stays small beside the tiny text
+    # model, whose size the memory tests compare across formats.
+    "patch_size": 4,
+    "position_embedding_size": 64,
 }
 
 
@@ -47,6 +51,7 @@ class TinySpec:
     perturb: bool = True  # non-unit norms, router scales and distinct encoder/decoder layer scalars
     embed_scale: float = 1.0  # >1 makes a confident model, so early stopping fires
     generation: dict[str, Any] = field(default_factory=dict)  # written into generation_config.json
+    vision: dict[str, Any] = field(default_factory=dict)  # overrides of TINY_VISION
 
     def config_dict(self) -> dict[str, Any]:
         text = copy.deepcopy(BASE_TEXT) | self.text
@@ -56,7 +61,7 @@ class TinySpec:
             "boi_token_id": text["vocab_size"] - 11,
             "eoi_token_id": text["vocab_size"] - 10,
             "text_config": text,
-            "vision_config": TINY_VISION,
+            "vision_config": TINY_VISION | self.vision,
         }
 
 
@@ -77,7 +82,24 @@ def build_reference(spec: TinySpec):
                 layer.layer_scalar.fill_(0.9 + 0.05 * i)
             for i, layer in enumerate(model.model.encoder.language_model.layers):
                 layer.layer_scalar.fill_(1.1 - 0.05 * i)
+            perturb_vision(model.model.encoder.vision_tower, generator)
     return model
+
+
+def perturb_vision(tower: torch.nn.Module, generator: torch.Generator) -> None:
+    """Values the initialisation leaves trivial: norms, the position table (all ones), the standardize shift and
+    scale, and clipping bounds tight enough to bite."""
+    state = tower.state_dict(keep_vars=True)
+    for name, tensor in state.items():
+        noise = torch.randn(tensor.shape, generator=generator)
+        if name.endswith("norm.weight") or name == "std_scale":
+            tensor.copy_(1.0 + 0.3 * noise)
+        elif name in ("std_bias", "patch_embedder.position_embedding_table"):
+            tensor.copy_(0.5 * noise)
+        elif name.endswith(("input_min", "input_max")):
+            tensor.fill_(1.5 if name.endswith("max") else -1.5)
+        elif name.endswith(("output_min", "output_max")):
+            tensor.fill_(0.05 if name.endswith("max") else -0.05)
 
 
 def write_checkpoint(spec: TinySpec, folder: Path) -> Path:
@@ -97,6 +119,89 @@ def load_reference(folder: Path):
 
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "dgemma_cli" / "builtin" / "dgemma-tiny" / "tokenizer.json"
+
+
+# Gemma 4's media tokens, added after dgemma-tiny's vocabulary so that the image ones land where TinySpec puts them
+# for a 2677-token vocabulary (image = V - 12, boi = V - 11, eoi = V - 10). The processor insists on the audio ones.
+MEDIA_TOKENS = ["<|image|>", "<|image>", "<image|>", "<|audio|>", "<|audio>", "<audio|>"]
+VISION_VOCAB = 2677
+TINY_IMAGES = {"patch_size": 4, "max_soft_tokens": 70, "pooling_kernel_size": 3}  # at most 630 patches of 4x4
+VISION_CHAT_TEMPLATE = (
+    # Gemma 4's chat format for what the tests send: a system turn, string or content-list turns (images before
+    # text), and the thinking-off generation prompt.
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{ '<|turn>system\\n' + messages[0]['content'] | trim + '<turn|>\\n' }}"
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<|image|>' }}{%- else -%}{{ part['text'] | trim }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<turn|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|turn>model\\n<|channel>thought\\n<channel|>' }}{%- endif -%}"
+)
+
+
+def vision_spec(**vision: Any) -> TinySpec:
+    """A chat model (dgemma-tiny's tokenizer) with a small vision tower that standardizes its soft tokens."""
+    # The tiny processor settings make sides of up to 210 patches: the position table must reach that far.
+    tower = {"position_embedding_size": 256, "standardize": True} | vision
+    return TinySpec(
+        text={"vocab_size": VISION_VOCAB},
+        generation={"eos_token_id": [1, 106, 50], "pad_token_id": 0, "max_denoising_steps": 8},
+        vision=tower,
+    )
+
+
+def write_vision_checkpoint(folder: Path, spec: TinySpec | None = None) -> Path:
+    """A random model with a vision tower and the processor's files: the tokenizer with Gemma 4's media tokens,
+    tokenizer_config.json naming them, processor_config.json and the chat template."""
+    from tokenizers import AddedToken, Tokenizer
+
+    write_checkpoint(spec or vision_spec(), folder)
+    tokenizer = Tokenizer.from_file(str(TOKENIZER))
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MEDIA_TOKENS])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    names = ("image_token", "boi_token", "eoi_token", "audio_token", "boa_token", "eoa_token")
+    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    tokenizer_config = {
+        "tokenizer_class": "TokenizersBackend",
+        **specials,
+        "extra_special_tokens": dict(zip(names, MEDIA_TOKENS, strict=True)),
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    processor = {
+        "processor_class": "Gemma4Processor",
+        "image_processor": {"image_processor_type": "Gemma4ImageProcessor", **TINY_IMAGES},
+        "feature_extractor": {"feature_extractor_type": "Gemma4AudioFeatureExtractor"},
+    }
+    (folder / "processor_config.json").write_text(json.dumps(processor))
+    (folder / "chat_template.jinja").write_text(VISION_CHAT_TEMPLATE)
+    return folder
+
+
+def load_reference_processor(folder: Path):
+    """Gemma 4's processor for the folder, image processor on its Pillow path. `AutoProcessor` would also build the
+    video processor, which needs torchvision; this is the same processor with that part left out."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, Gemma4Processor
+
+    class WithoutVideo(Gemma4Processor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name != "video_processor":
+                return super().check_argument_for_proper_class(argument_name, argument)
+            return None
+
+    return WithoutVideo(
+        feature_extractor=AutoFeatureExtractor.from_pretrained(folder),
+        image_processor=AutoImageProcessor.from_pretrained(folder),
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+        video_processor=None,
+        chat_template=(folder / "chat_template.jinja").read_text(),
+    )
 
 
 def write_chat_checkpoint(folder: Path, seed: int = 0, canvas_length: int = 16) -> Path:
