@@ -7,25 +7,40 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from dgemma_runtime import OPTION_RANGES, Engine, GenerationOptions, LoadFinished, Message, Tokenizer, load
+from dgemma_runtime import (
+    INFILL_INSTRUCTION,
+    OPTION_RANGES,
+    GenerationOptions,
+    LoadEvent,
+    LoadFinished,
+    Message,
+    ProgressCallback,
+    Tokenizer,
+    parse_infill,
+)
 from rich.console import Console
 from rich.table import Table
 
 from .errors import UsageProblem, run_guarded
-from .facts import loaded_facts, model_facts
-from .load_view import loading
+from .images import image_tokens, take_images
 from .models import store
-from .record.recording import Recording
-from .units import human
-from .views import EventClock, FramesView, JsonView, LiveView, PlainView, View, consume, print_stats
+from .views import EventClock, FramesView, JsonView, LiveView, PlainView, View, consume, image_header, print_stats
+
+if TYPE_CHECKING:
+    from dgemma_runtime import Engine
+
+    from .record.recording import Recording
+
+# Nothing above imports torch, FastAPI or huggingface_hub: `--help`, `list` and `ps` answer at once, and `run` through
+# a server never loads them. Commands import what they need (tests/cli/test_client_server.py checks this).
 
 app = typer.Typer(
     name="dgemma",
     help="Run Google's DiffusionGemma locally: watch the canvas denoise, chat, serve, benchmark.",
-    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -46,7 +61,9 @@ Seed = Annotated[
 MaxNew = Annotated[
     int | None,
     typer.Option(
-        "--max-new-tokens", help="Answer length limit (whole canvases).", min=OPTION_RANGES["max_new_tokens"].low
+        "--max-new-tokens",
+        help="Answer length limit, exact (the last canvas is denoised whole, then cut).",
+        min=OPTION_RANGES["max_new_tokens"].low,
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
@@ -61,12 +78,19 @@ CudaGraphs = Annotated[
     bool, typer.Option("--cuda-graphs", help="Replay denoising steps from CUDA graphs (GPU only; experimental).")
 ]
 
-OutputFormat = Annotated[str | None, typer.Option("--format", help="'json': one JSON object.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object: the answer, thinking and stats.")]
+# Ollama's --format asks the model for JSON (a mode or a schema): refused in one line rather than ignored.
+OutputFormat = Annotated[
+    str | None, typer.Option("--format", help="Ollama's JSON output: not supported for diffusion models yet.")
+]
 
 
-def check_format(output_format: str | None) -> None:
-    if output_format not in (None, "json"):
-        raise UsageProblem(f"unknown --format '{output_format}' (only 'json')")
+def refuse_format(output_format: str | None) -> None:
+    if output_format is not None:
+        raise UsageProblem(
+            f"--format {output_format}: JSON output is not supported for diffusion models yet "
+            "(--json prints the answer, thinking and stats as one JSON object)"
+        )
 
 
 @dataclass(frozen=True)
@@ -105,22 +129,35 @@ def generation_options(
     )
 
 
-def load_model(ref: str, settings: LoadSettings, draw: bool = True) -> tuple[store.Manifest, Engine, LoadFinished]:
-    """Load a model, its progress drawn on stderr (a terminal, and `draw`); Ctrl-C ends the command (exit 130)."""
+def load_model(
+    ref: str, settings: LoadSettings, draw: bool = True, progress: ProgressCallback | None = None
+) -> tuple[store.Manifest, Engine, LoadFinished]:
+    """Load a model, its progress drawn on stderr (a terminal, and `draw`) and told to `progress` (the server's
+    worker); Ctrl-C ends the command (exit 130). How long it took is kept for `show`."""
+    from dgemma_runtime import load
+
+    from .load_view import loading
+
     manifest = store.resolve(ref)
-    engine, loaded = loading(
-        ref,
-        lambda progress: load(
+
+    def read(show: ProgressCallback) -> Engine:
+        def heard(event: LoadEvent) -> None:
+            show(event)
+            if progress is not None:
+                progress(event)  # may raise to stop the load (a server shutting down)
+
+        return load(
             manifest.folder,
             settings.device,
             settings.dtype,
             settings.quant,
             settings.quant_dense,
             settings.cuda_graphs,
-            progress,
-        ),
-        draw,
-    )
+            heard,
+        )
+
+    engine, loaded = loading(ref, read, draw)
+    store.record_load(manifest, loaded)
     if engine.tokenizer is None:
         raise UsageProblem(f"model '{ref}' has no tokenizer.json, so it cannot take text prompts")
     return manifest, engine, loaded
@@ -147,7 +184,20 @@ def run(
     max_new_tokens: MaxNew = None,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first.")] = False,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    infill: Annotated[
+        str | None,
+        typer.Option(
+            "--infill",
+            help="Write only the holes of this text: {} (8 tokens), {N} (N tokens), {{ and }} for braces; the "
+            "prompt, if any, is the instruction.",
+        ),
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option("--image", help="Show the model an image file (repeatable); so does a prompt word naming one."),
+    ] = None,
     no_view: Annotated[bool, typer.Option("--no-view", help="Plain text instead of the live canvas.")] = False,
+    json_out: JsonOut = False,
     output_format: OutputFormat = None,
     frames: Annotated[bool, typer.Option("--frames", help="NDJSON, one object per denoising step.")] = False,
     record: Annotated[
@@ -156,23 +206,72 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Timing, diffusion statistics, quantization and memory.")
     ] = False,
+    keep_alive: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-alive", help="With a server: how long it keeps the model after this ('5m'; 0: unload; -1: never)."
+        ),
+    ] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     quant: Quant = None,
     quant_dense: QuantDense = False,
     cuda_graphs: CudaGraphs = False,
 ) -> None:
-    """Answer a prompt, or chat when no prompt is given."""
-    check_format(output_format)
+    """Answer a prompt, or chat when no prompt is given (through 'dgemma serve' when one is running)."""
+    # A running server (DGEMMA_HOST) runs the model and keeps it loaded between commands. A folder, --device,
+    # --dtype, --quant, --cuda-graphs, --infill or images are this process's business: the model loads here.
+    refuse_format(output_format)
     settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
-    options = generation_options(steps, t_max, t_min, entropy_bound, seed, max_new_tokens)
-    text = read_prompt(prompt)
-    interactive = not text and sys.stdin.isatty()
-    if not text and not interactive:
+    options = generation_options(steps, t_max, t_min, entropy_bound, seed, max_new_tokens).merged(infill=infill)
+    if infill is not None:
+        parse_infill(infill)  # a malformed template fails before the model loads
+        if think:
+            raise UsageProblem("--infill writes the answer directly: it cannot be combined with --think")
+    said, found = take_images(" ".join(prompt or []))  # Ollama's way: image paths among the words are attached
+    images = [*(image or []), *found]
+    if images:
+        from dgemma_runtime import open_image  # torch: only for a prompt with images
+
+        for path in images:
+            open_image(path)  # a bad image fails before the model loads
+    text = read_prompt([said])
+    interactive = not text and not images and infill is None and sys.stdin.isatty()
+    if not (text or images or interactive or infill is not None):
         raise UsageProblem("no prompt: pass one after the model name or pipe it on stdin")
     if record is not None and interactive:
         raise UsageProblem("--record records one answer: pass a prompt")
-    recording = Recording(record) if record is not None else None  # a bad target fails before the model loads
+    recording = None
+    if record is not None:
+        from .record.recording import Recording
+
+        recording = Recording(record)  # a bad target fails before the model loads
+    from .client import Remote, server_for  # http.client: imported by the commands that talk to a server
+
+    given = {
+        "--device": device != "auto",
+        "--dtype": dtype != "auto",
+        "--quant": quant is not None,
+        "--cuda-graphs": cuda_graphs,
+        "--infill": infill is not None,
+        "images": bool(images),
+    }
+    server, where = server_for(model, [flag for flag, on in given.items() if on])
+    if server is not None:  # the server's model: loaded once, kept between commands
+        remote = Remote(server, model, keep_alive)
+        options.merged().resolve(remote.defaults)  # bad values fail before any work
+        if interactive:
+            from .remote_chat import RemoteChat
+
+            RemoteChat(remote, options, think=think, system=system, verbose=verbose, where=where).loop()
+            return
+        clock = EventClock()
+        view = output_view(remote.tokenizer, remote.manifest.ref, clock, frames, json_out, no_view, think, recording)
+        consume(remote.generate(text, system, think, options), view, clock)
+        stats = view.finish()
+        if verbose and stats is not None:
+            print_stats(stats, remote.load_seconds, [("runs in", where)])
+        return
     manifest, engine, loaded = load_model(model, settings)
     options.merged().resolve(engine.defaults)  # bad values fail before any work
     if interactive:
@@ -186,27 +285,50 @@ def run(
         chat.loop()
         return
 
-    messages = ([Message("system", system)] if system else []) + [Message("user", text)]
+    instruction = INFILL_INSTRUCTION if infill is not None and not text else text
+    messages = ([Message("system", system)] if system else []) + [Message("user", instruction, tuple(images))]
     assert engine.tokenizer is not None
-    ids = engine.tokenizer.chat(messages, think=think)
+    prepared = engine.prepare(messages, think=think)  # a text-only model refuses images here
     clock = EventClock()  # one time per event, for the frames, the live view and its recording alike
     live = sys.stdout.isatty() and not no_view
+    if images and live and not frames and not json_out:  # the live view's header
+        shown = zip([path.name for path in images], image_tokens(prepared, engine.vision), strict=True)
+        Console(highlight=False).print(image_header(list(shown)))
+    view = output_view(engine.tokenizer, manifest.ref, clock, frames, json_out, no_view, think, recording)
+    consume(engine.stream(prepared, options=options), view, clock)
+    stats = view.finish()
+    if verbose and stats is not None:
+        from .facts import loaded_facts
+
+        print_stats(stats, loaded.seconds, [*loaded_facts(engine, loaded), ("runs in", where)])
+
+
+def output_view(
+    tokenizer: Tokenizer,
+    model: str,
+    clock: EventClock,
+    frames: bool,
+    json_out: bool,
+    no_view: bool,
+    think: bool,
+    recording: Recording | None,
+) -> View:
+    """What shows one answer of `run`, in-process or from the server alike: NDJSON frames, one JSON object, the live
+    canvas on a terminal, else plain text; a recording draws the live view (offscreen when it is not shown)."""
+    live = sys.stdout.isatty() and not no_view
     if frames:
-        view: View = FramesView(tokenizer=engine.tokenizer, clock=clock)
-    elif output_format == "json":
-        view = JsonView(model=manifest.ref)
+        view: View = FramesView(tokenizer=tokenizer, clock=clock)
+    elif json_out:
+        view = JsonView(model=model)
     elif live and recording is not None:
-        view = recording.live_view(engine.tokenizer, clock, terminal=sys.stdout)
+        view = recording.live_view(tokenizer, clock, terminal=sys.stdout)
     elif live:
-        view = LiveView(Console(highlight=False), engine.tokenizer, clock=clock)
+        view = LiveView(Console(highlight=False), tokenizer, thinking=think, clock=clock)
     else:
         view = PlainView()
     if recording is not None:  # the live view, recorded: the one above, or one drawn offscreen beside the view
-        view = recording.around(view, engine.tokenizer, clock)
-    consume(engine.stream(ids, options=options), view, clock)
-    stats = view.finish()
-    if verbose and stats is not None:
-        print_stats(stats, loaded.seconds, loaded_facts(engine, loaded))
+        view = recording.around(view, tokenizer, clock)
+    return view
 
 
 @app.command()
@@ -223,6 +345,7 @@ def replay(
     ] = 1.0,
 ) -> None:
     """Turn a saved frames stream into a recording of the live view, as 'run --record' makes; no model runs."""
+    from .record.recording import Recording
     from .record.replay import read_stream
     from .record.replay import replay as replay_stream
 
@@ -238,14 +361,27 @@ def replay(
 
 @app.command("list")
 def list_models() -> None:
-    """Models in the local store."""
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("NAME", "SIZE", "QUANTIZATION", "MODIFIED"):
-        table.add_column(column)
-    for manifest in store.list_models(skipped=lambda problem: sys.stderr.write(f"warning: skipping {problem}\n")):
-        name = manifest.ref + (" (built in)" if manifest.builtin else "")
-        table.add_row(name, human(manifest.size_bytes()), manifest.quantization, manifest.modified[:19])
-    Console().print(table)
+    """Models in the local store (as 'ollama list')."""
+    from .listing import models_table, print_table
+
+    print_table(models_table(store.list_models(lambda problem: sys.stderr.write(f"warning: skipping {problem}\n"))))
+
+
+@app.command()
+def ps() -> None:
+    """The model the running server holds: its size, processor, and until when it stays loaded (as 'ollama ps')."""
+    from .client import Server
+    from .listing import print_table, running_table
+
+    print_table(running_table(Server.from_env().get("/api/ps")["models"]))
+
+
+@app.command()
+def stop(model: Annotated[str, typer.Argument(help="A model the server holds (see 'dgemma ps').")]) -> None:
+    """Unload a model from the running server now."""
+    from .client import Server, unload
+
+    unload(Server.from_env(), model)
 
 
 @app.command()
@@ -261,6 +397,8 @@ def show(
     ] = False,
 ) -> None:
     """Architecture, size, sampler defaults and memory needs of a model."""
+    from .facts import model_facts
+
     manifest = store.resolve(model)
     report = None
     if verify:  # first: a corrupt file may be what keeps the facts from being read
@@ -323,7 +461,7 @@ def bench_command(
     steps: Steps = None,
     fixed_steps: Annotated[bool, typer.Option("--fixed-steps", help="No early stop: every step runs.")] = False,
     seed: Seed = 0,
-    output_format: OutputFormat = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     quant: Quant = None,
@@ -333,7 +471,6 @@ def bench_command(
     """Honest speed: effective and in-step tok/s, tokens per forward, steps per canvas, latency, memory."""
     from .bench import DEFAULT_PROMPTS, bench, render
 
-    check_format(output_format)
     texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()] if prompts else []
     if prompts and not texts:
         raise UsageProblem(f"{prompts} holds no prompts")
@@ -346,7 +483,7 @@ def bench_command(
             f"({engine.config.canvas_length} tokens); each run still denoises a whole canvas"
         )
     report = bench(engine, manifest, texts or list(DEFAULT_PROMPTS), runs, options, fixed_steps, loaded)
-    if output_format == "json":
+    if json_out:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
     else:
         render(report, Console())
@@ -373,11 +510,20 @@ def serve(
     quant: Quant = None,
     quant_dense: QuantDense = False,
     cuda_graphs: CudaGraphs = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Keep serving in the background (its log in the state folder); exit.")
+    ] = False,
 ) -> None:
     """Serve the Ollama API (/api) and the OpenAI API (/v1) over HTTP, batching concurrent requests."""
+    settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
+    if detach:
+        from .background import detach as start
+
+        started = start([arg for arg in sys.argv[2:] if arg != "--detach"])  # these flags, in a process of its own
+        print(f"dgemma serve runs in the background on {started.url} (pid {started.pid}; log {started.log})")
+        return
     from .serve.app import serve as run_server
 
-    settings = LoadSettings(device, dtype, quant, quant_dense, cuda_graphs)
     run_server(
         host,
         port,
@@ -385,9 +531,30 @@ def serve(
         keep_alive,
         max_queue,
         max_batch,
-        loader=lambda manifest: load_model(manifest.path, settings, draw=False)[1],  # no bar under the server's log
+        # no bar under the server's log: /api/ps reports the progress
+        loader=lambda manifest, progress: load_model(manifest.path, settings, draw=False, progress=progress)[1],
         announce=Console(stderr=True, highlight=False).print,
     )
+
+
+def print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"dgemma version {version('dgemma')}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def global_options(
+    context: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-v", callback=print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    if context.invoked_subcommand is None:  # `dgemma` alone: the help, and success (as Ollama)
+        print(context.get_help())
 
 
 def main() -> None:

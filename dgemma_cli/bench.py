@@ -39,7 +39,8 @@ class RunResult:
 
     time_to_first_token: float  # seconds until the first canvas was final
     prompt_tokens_per_second: float
-    decode_tokens_per_second: float
+    decode_tokens_per_second: float  # effective: after the prompt, re-encoding each finished canvas included
+    in_step_tokens_per_second: float  # inside the denoising steps only (decoder forwards and sampling)
     tokens_per_forward: float
     steps_per_canvas: float
     step_latency_p50: float  # seconds between consecutive denoising steps, as a consumer sees them
@@ -111,10 +112,12 @@ def timed_run(engine: Engine, ids: list[int], options: GenerationOptions) -> Run
             stats = event.stats
     assert stats is not None
     busy = stats.encode_seconds + stats.decode_seconds + stats.sample_seconds or 1.0
+    in_steps = stats.decode_seconds + stats.sample_seconds
     return RunResult(
         time_to_first_token=first_canvas or 0.0,
         prompt_tokens_per_second=stats.prompt_tokens_per_second,
         decode_tokens_per_second=stats.decode_tokens_per_second,
+        in_step_tokens_per_second=stats.generated_tokens / in_steps if in_steps > 0 else 0.0,
         tokens_per_forward=stats.tokens_per_forward,
         steps_per_canvas=statistics.mean(stats.steps_per_canvas),
         step_latency_p50=percentile(gaps, 0.5),
@@ -167,6 +170,7 @@ ROWS = (
     ("time to first token", "time_to_first_token", "{:.3f} s"),
     ("prompt tok/s", "prompt_tokens_per_second", "{:.1f}"),
     ("decode tok/s (effective)", "decode_tokens_per_second", "{:.1f}"),
+    ("decode tok/s (in-step)", "in_step_tokens_per_second", "{:.1f}"),
     ("tokens per forward", "tokens_per_forward", "{:.2f}"),
     ("steps per canvas", "steps_per_canvas", "{:.1f}"),
     ("step latency p50", "step_latency_p50", "{:.1f} ms"),

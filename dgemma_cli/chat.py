@@ -8,26 +8,34 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 
 import platformdirs
 from dgemma_runtime import (
     DEFAULT_CONTEXT,
+    OPTION_NAMES,
     ContextFullError,
     DgemmaError,
     Engine,
+    GenerationDefaults,
     GenerationOptions,
+    ImageError,
     Message,
     Session,
+    open_image,
     reclaim,
-    render_follow_up,
 )
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import get_app
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from rich.console import Console
 
 from .facts import loaded_facts, model_facts
+from .images import image_tokens, take_images
 from .models import store
-from .views import LiveView, PlainView, consume, print_stats
+from .views import LiveView, PlainView, consume, image_header, print_stats
 
 
 class NoModelLoaded(DgemmaError):
@@ -40,6 +48,7 @@ HELP = """Commands:
   /set think | nothink        let the model reason first, or not
   /set verbose | quiet        statistics after each answer, or not
   /show info | parameters | system
+  /image FILE                 show the model an image with the next message (so does typing its path)
   /clear                      forget the conversation
   /load MODEL                 switch models
   /bye                        exit (or Ctrl-D)
@@ -64,31 +73,32 @@ class Chat:
         self.console = console or Console(highlight=False)
         self.history: list[Message] = []
         self.session: Session | None = None
-        self.prompt = PromptSession(history=_history())
+        self.images: list[Path] = []  # held for the next message
+        self.prompt = PromptSession(history=_history(), key_bindings=_multiline(), prompt_continuation="... ")
 
     # -- input
 
     def read(self) -> str:
+        """One message. Between \"\"\"s it spans lines, written in one prompt (Enter adds a line until the closing
+        quotes), so the history keeps it whole and Up brings it back as it was sent."""
         text = self.prompt.prompt(">>> ", placeholder="Send a message (/? for help)")
-        if not text.lstrip().startswith('"""'):
+        if not text.strip().startswith('"""'):
             return text
-        lines = [text.lstrip()[3:]]
-        while not lines[-1].rstrip().endswith('"""'):
-            lines.append(self.prompt.prompt("... "))
-        lines[-1] = lines[-1].rstrip()[:-3]
-        return "\n".join(lines).strip()
+        return text.strip()[3:].removesuffix('"""').strip()
 
     def loop(self) -> None:
         while True:
             try:
                 text = self.read().strip()
             except KeyboardInterrupt:
+                if not self.prompt.default_buffer.text:  # as Ollama: Ctrl-C on a line being written only clears it
+                    self.console.print("Use Ctrl + d or /bye to exit.")
                 continue
             except EOFError:
                 return
             if not text:
                 continue
-            if text.startswith("/"):
+            if text.startswith("/") and not take_images(text.split()[0])[1]:  # an image's path starts a message
                 if not self.command(text):
                     return
                 continue
@@ -99,25 +109,40 @@ class Chat:
     def ask(self, text: str) -> None:
         tokenizer = self.engine.tokenizer
         assert tokenizer is not None
-        if self.session is None:
-            context = min(DEFAULT_CONTEXT, self.engine.config.max_position_embeddings)
-            self.session = self.engine.new_session(context)
-            system = [Message("system", self.system)] if self.system else []
-            ids = tokenizer.chat([*system, *self.history, Message("user", text)], think=self.think)
-        else:
-            ids = tokenizer.encode(render_follow_up(text, think=self.think, closed=self.session.closed))
-        view = LiveView(self.console, tokenizer) if sys.stdout.isatty() else PlainView()
+        text, typed = take_images(text)
+        images, self.images = (*self.images, *typed), []  # held for this message only, even one that fails
         try:
-            consume(self.engine.stream(ids, session=self.session, options=self.options), view)
+            if self.session is None:
+                system = [Message("system", self.system)] if self.system else []
+                turns = [*system, *self.history, Message("user", text, images)]
+                prompt = self.engine.prepare(turns, think=self.think)
+                context = min(DEFAULT_CONTEXT, self.engine.config.max_position_embeddings)
+                self.session = self.engine.new_session(context)  # after a prompt that could be prepared
+            else:
+                prompt = self.engine.prepare_follow_up(text, images, self.think, self.session.closed)
+        except ImageError as exc:
+            self.console.print(f"[red]{exc}[/red]")
+            return
+        view = LiveView(self.console, tokenizer) if sys.stdout.isatty() else PlainView()
+        if images and isinstance(view, LiveView):  # this message's images come last in the prompt
+            tokens = image_tokens(prompt, self.engine.vision)[-len(images) :]
+            self.console.print(image_header([(path.name, n) for path, n in zip(images, tokens, strict=True)]))
+        try:
+            consume(self.engine.stream(prompt, session=self.session, options=self.options), view)
         except KeyboardInterrupt:
             self.console.print("[dim](stopped)[/dim]")
         except ContextFullError as exc:
             self.console.print(f"[red]{exc}[/red] — /clear starts a new conversation")
             return
         stats = view.finish()
-        self.history += [Message("user", text), Message("model", view.answer)]
+        self.history += [Message("user", text, images), Message("model", view.answer)]
         if self.verbose and stats is not None:
             print_stats(stats, 0.0, loaded_facts(self.engine))
+
+    @property
+    def defaults(self) -> GenerationDefaults:
+        """The model's sampler defaults, which /set and /show resolve the options against."""
+        return self.engine.defaults
 
     def restart(self) -> None:
         """Drop the cache; the history is re-encoded, under the new settings, on the next turn."""
@@ -136,6 +161,7 @@ class Chat:
                 self.console.print(HELP)
             elif head == "/clear":
                 self.history.clear()
+                self.images.clear()
                 self.restart()
                 self.console.print("Cleared session context.")
             elif head == "/set" and len(words) >= 2:
@@ -144,6 +170,10 @@ class Chat:
                 self.show(words[1])
             elif head == "/load" and len(words) == 2:
                 self.load(words[1])
+            elif head == "/image" and len(words) >= 2:
+                self.attach(Path(line.split(maxsplit=1)[1].strip("'\"")).expanduser())
+            elif usage := usage_of(head):  # a known command without the words it takes
+                self.console.print(usage)
             else:
                 self.console.print(f"Unknown command '{line}'. Type /? for help.")
         except NoModelLoaded:
@@ -152,10 +182,20 @@ class Chat:
             self.console.print(f"[red]{exc}[/red]")
         return True
 
+    def attach(self, path: Path) -> None:
+        """/image: checked now, so a bad file or a text-only model is said before the message is written."""
+        if self.engine.vision is None:
+            raise ImageError(f"'{self.manifest.ref}' reads text only: it cannot take images")
+        open_image(path)
+        self.images.append(path)
+        self.console.print(f"Added image '{path.name}'.", markup=False)
+
     def set(self, words: list[str], line: str) -> None:
         what = words[0]
         if what == "parameter" and len(words) == 3:
             self.set_parameter(words[1], words[2])
+        elif what == "parameter":
+            self.console.print(f"Usage: /set parameter NAME VALUE, where NAME is one of: {', '.join(OPTION_NAMES)}")
         elif what == "system":
             self.system = line.split(maxsplit=2)[2] if len(line.split(maxsplit=2)) == 3 else None
             self.restart()
@@ -168,11 +208,11 @@ class Chat:
             self.verbose = what == "verbose"
             self.console.print(f"Set '{what}' mode.")
         else:
-            self.console.print(f"Unknown command '{line}'. Type /? for help.")
+            self.console.print(usage_of("/set"))
 
     def set_parameter(self, name: str, raw: str) -> None:
         candidate = self.options.updated({name: raw})
-        candidate.resolve(self.engine.defaults)  # against the model's defaults too (t_min <= t_max), before keeping it
+        candidate.resolve(self.defaults)  # against the model's defaults too (t_min <= t_max), before keeping it
         self.options = candidate
         self.console.print(f"Set parameter '{name}' to '{raw}'.")
 
@@ -181,7 +221,7 @@ class Chat:
             for label, value in model_facts(self.manifest):
                 self.console.print(f"[bold]{label:16s}[/bold]{value}")
         elif what == "parameters":
-            resolved = self.options.resolve(self.engine.defaults)
+            resolved = self.options.resolve(self.defaults)
             for f in fields(resolved):
                 self.console.print(f"{f.name:22s}{getattr(resolved, f.name)}")
         elif what == "system":
@@ -211,6 +251,29 @@ class Chat:
         del self.engine
         self.session = None
         reclaim()
+
+
+def usage_of(head: str) -> str:
+    """The help's lines for one command, or '' for a command the chat does not know."""
+    lines = [line for line in HELP.splitlines() if line.lstrip().startswith(f"{head} ")]
+    return "\n".join(["Usage:", *lines]) if lines else ""
+
+
+def _open_quote(text: str) -> bool:
+    """A message begun with \"\"\" and not yet ended with another."""
+    text = text.strip()
+    return text.startswith('"""') and (len(text) < 6 or not text.endswith('"""'))
+
+
+def _multiline() -> KeyBindings:
+    """Enter inside an open \"\"\" message starts a new line of it instead of sending it."""
+    bindings = KeyBindings()
+
+    @bindings.add("enter", filter=Condition(lambda: _open_quote(get_app().current_buffer.text)))
+    def _(event: KeyPressEvent) -> None:
+        event.current_buffer.newline(copy_margin=False)
+
+    return bindings
 
 
 def _history() -> FileHistory | InMemoryHistory:

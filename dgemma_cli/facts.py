@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from dgemma_runtime import DEFAULT_CONTEXT, CheckpointInfo, Engine, Fit, LoadFinished, inspect
 
-from .models.store import Manifest
+from .models.store import Manifest, last_load
 from .units import count, human
 
 
@@ -47,13 +47,15 @@ def loaded_facts(engine: Engine, loaded: LoadFinished | None = None) -> list[tup
 
 
 def model_facts(manifest: Manifest, info: CheckpointInfo | None = None) -> list[tuple[str, str]]:
-    """What `show` prints: from the folder's configs and safetensors headers, without loading the weights."""
+    """What `show` prints: from the folder's configs and safetensors headers, without loading the weights; and
+    how its last load went, when one is on record."""
     info = info or inspect(manifest.folder)
     config, defaults = info.config, info.defaults
     total, active = info.parameters
     context = min(DEFAULT_CONTEXT, config.max_position_embeddings)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fit = info.fit(device, torch.bfloat16, context)
+    loaded = last_load(manifest)
     return [
         ("architecture", "diffusion_gemma (block diffusion, encoder + bidirectional decoder)"),
         ("source", manifest.source + (f" @ {manifest.revision}" if manifest.revision else "")),
@@ -68,6 +70,8 @@ def model_facts(manifest: Manifest, info: CheckpointInfo | None = None) -> list[
             f"entropy bound {defaults.entropy_bound}, confidence {defaults.confidence_threshold}",
         ),
         ("chat template", "yes (Gemma 4 turns)" if info.has_chat_template else "no"),
+        ("vision", f"yes: images of up to {info.vision.images.max_soft_tokens} tokens" if info.vision else "no"),
         ("weights", weight_breakdown(info.stored)),
         ("memory needed", f"{human(fit.needed)} at a {context}-token context ({fit_line(fit)})"),
+        *([("last load", load_rate(loaded))] if loaded is not None else []),
     ]

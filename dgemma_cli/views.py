@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import asdict
 from typing import IO, Protocol
 
-from dgemma_runtime import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
+from dgemma_runtime import CHANNEL_CLOSE, CHANNEL_OPEN, CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
@@ -29,6 +29,7 @@ STYLES = {
     "corrected": "bold black on yellow",
 }
 SAID_STYLES = {"thinking": "dim italic", "answer": ""}  # the text above the canvas
+THINKING_LABEL = "Thinking…\n"  # above the first thought text (a "thinking" run, so recordings draw it too)
 STATUS_STYLE = "bold cyan"
 LEGEND = Text.assemble(
     ("unresolved", STYLES["unresolved"]),
@@ -116,7 +117,9 @@ class CanvasTracker:
                 if self.held[i] >= SETTLED_STEPS:
                     self.corrected[i] = 2
                 self.held[i] = 0
-            if self.corrected[i]:
+            if event.fixed and event.fixed[i]:
+                states.append("settled")  # infill's fixed text: shown plainly from the first step
+            elif self.corrected[i]:
                 states.append("corrected")
             elif event.accepted[i]:
                 states.append("accepted")
@@ -171,14 +174,19 @@ class PlainView:
     def __init__(self, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, show_thinking: bool = True) -> None:
         self.out, self.err, self.show_thinking = out, err, show_thinking
         self.answer = ""
+        self.thought = False  # thinking was written
         self.stats: GenerationStats | None = None
 
     def handle(self, event: Event) -> None:
         if isinstance(event, CanvasEvent):
             if event.thinking and self.show_thinking:
+                self.thought = True
                 self.err.write(event.thinking)
                 self.err.flush()
             text = event.text if self.answer else event.text.lstrip()
+            if text and self.thought and not self.answer:  # on a shared terminal, the answer starts a line
+                self.err.write("\n")
+                self.err.flush()
             if text:
                 self.out.write(text)
                 self.answer += text
@@ -267,6 +275,10 @@ class LiveView:
     """The canvas denoising in place. Finished lines of the answer go to the scrollback as ordinary text; the
     live region holds the unfinished line, the canvas being denoised, a status line and the legend.
 
+    With `thinking` (the prompt asked the model to reason) the canvas's thought channel is drawn dimmed and the
+    status line says so; finished thought text goes above the canvas, dimmed under a label (if `show_thinking`).
+    With infill, the template's fixed tokens are drawn plainly and only the holes denoise.
+
     `clock` gives the seconds since generation began (the tok/s shown); `on_frame` gets the picture after every
     event (what a recording draws); `offscreen` is for a console that only a recording sees: the process's
     stdout and stderr are left alone."""
@@ -277,13 +289,14 @@ class LiveView:
         tokenizer: Decoder,
         show_thinking: bool = True,
         *,
+        thinking: bool = False,
         clock: Callable[[], float] | None = None,
         on_frame: Callable[[Frame], None] | None = None,
         offscreen: bool = False,
     ) -> None:
         self.console = console
         self.pieces = TokenPieces(tokenizer)
-        self.show_thinking = show_thinking
+        self.show_thinking, self.thinking = show_thinking, thinking
         self.tracker = CanvasTracker()
         self.pending = Text()  # the answer's unfinished last line
         self.canvas = Text()
@@ -293,6 +306,7 @@ class LiveView:
         self.generated = 0
         self.answer = ""
         self.answer_started = self.thought = False
+        self.in_thought = False  # the text so far ends inside the thought channel
         self.clock = clock or stopwatch()
         self.on_frame = on_frame
         self.stats: GenerationStats | None = None
@@ -314,7 +328,10 @@ class LiveView:
             self.canvas = Text()
             self.tokens = ()
             self.tracker = CanvasTracker()
+            self.in_thought = self._thought_positions(event.ids)[1]
             if event.thinking and self.show_thinking:
+                if not self.thought:
+                    self._commit(THINKING_LABEL, "thinking")
                 self.thought = True
                 self._commit(event.thinking, "thinking")
             text = event.text if self.answer_started else event.text.lstrip()
@@ -334,18 +351,34 @@ class LiveView:
             Token(token, self.pieces(token), state, held)
             for token, state, held in zip(event.ids, states, self.tracker.held, strict=True)
         )
+        thought, _ = self._thought_positions(event.ids)
         canvas = Text()
-        for token in self.tokens:
-            canvas.append(token.text, STYLES[token.state])
+        for token, dim in zip(self.tokens, thought, strict=True):
+            canvas.append(token.text, STYLES[token.state] + (" dim" if dim else ""))  # the thought channel, dimmed
         self.canvas = canvas
         elapsed = self.clock()
-        rate = self.generated / elapsed if elapsed > 0 else 0.0
+        # Finished canvases' tokens and this canvas's decided ones (infill's fixed text aside): a rate from step 1.
+        resolved = sum(state != "unresolved" for state in states) - sum(event.fixed)
+        rate = (self.generated + resolved) / elapsed if elapsed > 0 else 0.0
         self.status = Text(
-            f"canvas {event.canvas + 1} · step {event.step}/{event.max_steps} · "
+            ("thinking · " if any(thought) else "")
+            + f"canvas {event.canvas + 1} · step {event.step}/{event.max_steps} · "
             f"accepted {sum(event.accepted)}/{len(event.ids)} · entropy {event.mean_entropy:.2f} · "
             f"{rate:.0f} tok/s",
             style=STATUS_STYLE,
         )
+
+    def _thought_positions(self, ids: Sequence[int]) -> tuple[list[bool], bool]:
+        """Which of a canvas's positions lie in the thought channel, following on from the text before it, and
+        whether the channel is still open after them."""
+        inside, positions = self.in_thought, []
+        if not self.thinking:  # a random early canvas may hold a channel token: no flicker where none was asked for
+            return [False] * len(ids), False
+        for token in ids:
+            text = self.pieces.texts(token)
+            inside = True if text == CHANNEL_OPEN else False if text == CHANNEL_CLOSE else inside
+            positions.append(inside)
+        return positions, inside
 
     def _commit(self, text: str, kind: str) -> None:
         """Complete lines go to the scrollback for good; the rest waits in the live region."""
@@ -378,6 +411,13 @@ class LiveView:
     def finish(self) -> GenerationStats | None:
         self.close()
         return self.stats
+
+
+def image_header(images: Sequence[tuple[str, int]]) -> Text:
+    """The lines above the live canvas for a prompt with images: each image's name and the tokens it became."""
+    return Text("\n").join(
+        Text.assemble(("image ", "dim"), visible(name), (f" · {tokens} tokens", "dim")) for name, tokens in images
+    )
 
 
 def print_stats(

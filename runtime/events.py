@@ -17,13 +17,14 @@ class StepEvent:
     ids: tuple[int, ...]  # argmax canvas after this step, [L]
     accepted: tuple[bool, ...]  # positions whose sample was accepted this step
     changed: tuple[bool, ...]  # positions whose argmax differs from the previous step
-    mean_entropy: float
+    mean_entropy: float  # over the positions the sampler writes (with infill, the holes)
     converged: bool  # stable and confident: this row's canvas is final
+    fixed: tuple[bool, ...] = ()  # infill: positions held at the template's tokens (empty without infill)
 
 
 @dataclass(frozen=True)
 class CanvasEvent:
-    """A finished canvas of one row; `ids` stop at the first EOS (inclusive)."""
+    """A finished canvas of one row; `ids` stop at the first EOS (inclusive) or at the answer's length limit."""
 
     row: int
     canvas: int
@@ -37,7 +38,7 @@ class CanvasEvent:
 @dataclass(frozen=True)
 class GenerationStats:
     prompt_tokens: int  # tokens encoded before the first canvas, summed over rows
-    generated_tokens: int  # through the first EOS, summed over rows
+    generated_tokens: int  # returned: through the first EOS, at most max_new_tokens per row, summed over rows
     canvases: int
     decoder_forwards: int  # per row, as the reference counts them, summed over rows
     steps_per_canvas: tuple[int, ...]  # batched steps run for each canvas
@@ -50,6 +51,8 @@ class GenerationStats:
 
     @property
     def tokens_per_forward(self) -> float:
+        """Returned tokens per decoder forward: the tail of a canvas cut off by the length limit was denoised
+        but is not counted, so a cut lowers it, honestly."""
         return self.generated_tokens / self.decoder_forwards if self.decoder_forwards else 0.0
 
     @property
@@ -74,7 +77,7 @@ class GenerationStats:
 @dataclass(frozen=True)
 class FinalEvent:
     stats: GenerationStats
-    token_ids: tuple[tuple[int, ...], ...] = field(default=())  # per row, through the first EOS
+    token_ids: tuple[tuple[int, ...], ...] = field(default=())  # per row, as returned (see CanvasEvent.ids)
 
 
 Event = StepEvent | CanvasEvent | FinalEvent

@@ -21,6 +21,7 @@ from .errors import NonFiniteError, OptionError
 from .events import CanvasEvent, Event, FinalEvent, GenerationStats, StepEvent
 from .graphs import GraphedDecoder
 from .images import ImageSource
+from .infill import Template
 from .model import DiffusionGemma
 from .options import GenerationOptions, ResolvedOptions
 from .prompt import PreparedPrompt, prepare, prepare_follow_up
@@ -166,8 +167,11 @@ class Engine:
         padding = [P - len(p) for p in prefix]
         prompt_tokens = sum(len(p) for p in prefix)
         prefix = [[self.defaults.pad_token_id] * pad + p for pad, p in zip(padding, prefix, strict=True)]
+        # Infill: the answer's tokens as far as the template decides them (None where the sampler writes).
+        template = None if opts.infill is None else self._infill_tokens(opts.infill)
+        length = opts.max_new_tokens if template is None else min(opts.max_new_tokens, len(template))
         # The last canvas is never encoded, so n canvases need room for P + (n-1)·L positions.
-        n_canvases = math.ceil(opts.max_new_tokens / L)
+        n_canvases = math.ceil(length / L)
         if session is None:
             cache = KVCache(cfg, B, P + (n_canvases - 1) * L, device, self.dtype, padding)
         else:
@@ -179,7 +183,7 @@ class Engine:
         step_kind = sampler.FusedStep if sampler.FusedStep.available(device) else sampler.ReferenceStep
         step = step_kind((B, L), cfg.vocab_size, generator, self.dtype)
         eos = torch.tensor(self.defaults.eos_token_ids, device=device)
-        streams = [self._text_stream() for _ in range(B)]
+        streams = [self._text_stream(channels=template is None) for _ in range(B)]
         clock = _Clock(device)
 
         # The vision tower runs once, before the prompt that holds its placeholders is encoded.
@@ -201,12 +205,18 @@ class Engine:
                 clock.charge("encode")
                 if session is not None:
                     session.pending = []
-            denoised = yield from self._denoise(c, cache, generator, step, opts, done, clock)
+            pinned = None
+            if template is not None:
+                tokens = template[c * L : (c + 1) * L]
+                pinned = sampler.Pinned.of(tokens + [self.defaults.pad_token_id] * (L - len(tokens)), device)
+            denoised = yield from self._denoise(c, cache, generator, step, opts, done, clock, pinned)
             canvas_ids, steps, row_forwards = denoised
             forwards += row_forwards
             steps_per_canvas.append(steps)
             # Finalise (§4.1 step 5): rows done earlier become pad; after a row's first EOS, pad.
             is_eos = torch.isin(canvas_ids, eos)
+            if pinned is not None:  # the template's own end; an end token written into a hole ends nothing
+                is_eos &= pinned.mask
             after_eos = (is_eos.cumsum(-1) > 0) & ~((is_eos.cumsum(-1) == 1) & is_eos)
             pad = after_eos | done[:, None]
             canvas_ids = torch.where(pad, torch.full_like(canvas_ids, self.defaults.pad_token_id), canvas_ids)
@@ -218,6 +228,8 @@ class Engine:
                 if host_done[r]:
                     continue
                 cut = host_eos[r].index(True) + 1 if True in host_eos[r] else L
+                # The answer's exact length: the one place it is cut, so every consumer and count agrees.
+                cut = min(cut, opts.max_new_tokens - len(outputs[r]))
                 ids = tuple(host_ids[r][:cut])
                 outputs[r].extend(ids)
                 if session is not None:  # kept current, so a stream closed early leaves a consistent state
@@ -254,8 +266,10 @@ class Engine:
         opts: ResolvedOptions,
         done: torch.Tensor,
         clock: _Clock,
+        pinned: sampler.Pinned | None = None,
     ) -> Iterator[Event]:
-        """Denoise one canvas; yields step events, returns (argmax canvas [B, L], steps run, row forwards)."""
+        """Denoise one canvas, its `pinned` positions held (infill); yields step events, returns (argmax canvas
+        [B, L], steps run, row forwards)."""
         B, L, V, N = (
             done.shape[0],
             self.config.canvas_length,
@@ -263,6 +277,9 @@ class Engine:
             opts.max_denoising_steps,
         )
         current = sampler.random_canvas((B, L), V, generator, self.device)
+        if pinned is not None:
+            current = pinned.hold(current)
+        fixed = () if pinned is None else tuple(pinned.mask.tolist())
         argmax = current
         prev_probs: torch.Tensor | None = None  # self-conditioning input
         converged = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -279,8 +296,12 @@ class Engine:
             scored = step.score(raw, sampler.temperature(remaining, N, opts.t_min, opts.t_max))
             new_argmax, token_entropy, sc_probs = scored.argmax, scored.entropy, scored.self_conditioning
             finite &= torch.isfinite(token_entropy).all()
+            if pinned is not None:
+                new_argmax, token_entropy = pinned.hold(new_argmax), pinned.entropy(token_entropy)
             accepted = sampler.accept(token_entropy, opts.entropy_bound)
             nxt = step.draw(accepted)
+            if pinned is not None:
+                nxt, accepted = pinned.hold(nxt), accepted & ~pinned.mask  # a pinned token takes no sample
             if any_converged:
                 # Rows that converged earlier are frozen: the batched forward ran, but nothing of it is kept.
                 frozen = converged[:, None]
@@ -293,13 +314,15 @@ class Engine:
                 stable = (history == new_argmax[None]).all(-1).all(0)
                 history = torch.roll(history, shifts=-1, dims=0)
                 history[-1] = new_argmax
-            newly = stable & sampler.is_confident(token_entropy, opts.confidence_threshold)
+            # Confident: the mean entropy over the canvas (with infill, over its holes) is below the threshold.
+            mean_entropy = token_entropy.mean(-1) if pinned is None else pinned.mean_entropy(token_entropy)
+            newly = stable & (mean_entropy < opts.confidence_threshold)
             changed = new_argmax != argmax
             converged = converged | newly
             current, argmax, prev_probs = nxt, new_argmax, sc_probs
             steps += 1
             # The one device-to-host transfer of the step: the events, the stop test and the forward count.
-            host = [x.tolist() for x in (active, argmax, accepted, changed, token_entropy.mean(-1), converged)]
+            host = [x.tolist() for x in (active, argmax, accepted, changed, mean_entropy, converged)]
             forwards += sum(host[0])
             any_converged = any(host[5])
             clock.charge("sample")
@@ -315,6 +338,7 @@ class Engine:
                         changed=tuple(host[3][r]),
                         mean_entropy=host[4][r],
                         converged=host[5][r],
+                        fixed=fixed,
                     )
             if all(host[5]):
                 break
@@ -325,10 +349,17 @@ class Engine:
             )
         return argmax, steps, forwards
 
-    def _text_stream(self) -> TextStream | None:
+    def _text_stream(self, channels: bool = True) -> TextStream | None:
+        """Without `channels` (infill), the answer is all of the text: a hole's end or channel token is no markup."""
         if self.tokenizer is None:
             return None
-        return TextStream(self.tokenizer, self.defaults.eos_token_ids)
+        return TextStream(self.tokenizer, self.defaults.eos_token_ids if channels else (), channels=channels)
+
+    def _infill_tokens(self, template: Template) -> list[int | None]:
+        """The template's tokens, None in its holes, then the end of the model's turn (the rest of the last canvas
+        is padding, as a finished canvas is padded after its end)."""
+        tokenizer, eos = self._chat_tokenizer(), self.defaults.eos_token_ids
+        return [*template.ids(tokenizer), tokenizer.turn_close if tokenizer.turn_close in eos else eos[0]]
 
 
 def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]]:

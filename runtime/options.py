@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 
 from .config import GenerationDefaults
 from .errors import OptionError
+from .infill import Template, parse
 
 DEFAULT_MAX_NEW_TOKENS = 2048  # several canvases; the checkpoint's own 256 would cap answers at one canvas
 
@@ -101,6 +102,7 @@ class GenerationOptions:
     stability_threshold: int | None = None
     confidence_threshold: float | None = None
     seed: int | None = None
+    infill: str | None = None  # a fill-in-the-blanks template (`infill.parse`): a sampler mode, not a number
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> GenerationOptions:
@@ -124,7 +126,7 @@ class GenerationOptions:
 
     def merged(self, **changes: object) -> GenerationOptions:
         """A copy with the non-None `changes` applied (unknown names are an error, never dropped)."""
-        unknown = sorted(set(changes) - set(OPTION_RANGES))
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise OptionError(f"unknown generation option(s): {', '.join(unknown)}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -165,6 +167,7 @@ class GenerationOptions:
             stability_threshold=int(pick("stability_threshold", min(defaults.stability_threshold, steps))),
             confidence_threshold=float(pick("confidence_threshold", defaults.confidence_threshold)),
             seed=self.seed,
+            infill=None if self.infill is None else parse(self.infill),  # a malformed template fails here
         )
         resolved.validate()
         return resolved
@@ -180,13 +183,14 @@ class ResolvedOptions:
     stability_threshold: int
     confidence_threshold: float
     seed: int | None
+    infill: Template | None = None
 
     def validate(self) -> None:
         """Each value in its range (a checkpoint's own defaults included), the temperatures in order, and the
         stability window within the steps."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if value is not None and f.name in OPTION_RANGES:
                 OPTION_RANGES[f.name].check(f.name, value)
         if self.t_min > self.t_max:
             raise OptionError("temperatures need t_min <= t_max")

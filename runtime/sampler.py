@@ -118,9 +118,32 @@ def renoise(accepted: torch.Tensor, candidates: torch.Tensor, noise: StepNoise) 
     return torch.where(accepted, candidates, noise.renoise)
 
 
-def is_confident(token_entropy: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Mean entropy over the whole canvas below the threshold. [B] bool."""
-    return token_entropy.mean(dim=-1) < threshold
+@dataclass(frozen=True)
+class Pinned:
+    """Infill's fixed positions of one canvas: not the reference's sampler, a mode beside it. They start at their
+    tokens and are put back after every step (never renoised, never changed); they cost no entropy, so acceptance
+    spends its bound on the holes, and a canvas is confident when its holes are (their mean entropy)."""
+
+    ids: torch.Tensor  # [L] the pinned tokens (0 where free)
+    mask: torch.Tensor  # [L] bool: pinned
+    free: int  # positions not pinned
+
+    @classmethod
+    def of(cls, tokens: list[int | None], device: torch.device) -> Pinned:
+        """From a canvas of tokens, None where free."""
+        ids = torch.tensor([0 if t is None else t for t in tokens], device=device)
+        mask = torch.tensor([t is not None for t in tokens], device=device)
+        return cls(ids, mask, tokens.count(None))
+
+    def hold(self, canvas: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, self.ids, canvas)
+
+    def entropy(self, token_entropy: torch.Tensor) -> torch.Tensor:
+        return token_entropy.masked_fill(self.mask, 0.0)
+
+    def mean_entropy(self, token_entropy: torch.Tensor) -> torch.Tensor:
+        """[B] over the free positions of entropies from `entropy` (0 when nothing is free)."""
+        return token_entropy.sum(-1) / max(1, self.free)
 
 
 @dataclass(frozen=True)

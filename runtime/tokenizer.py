@@ -7,11 +7,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import CheckpointError
-from .images import ImageSource
+
+if TYPE_CHECKING:  # images.py imports torch; a tokenizer needs only the type
+    from .images import ImageSource
 
 BOS, TURN_OPEN, TURN_CLOSE = "<bos>", "<|turn>", "<turn|>"
 THINK, CHANNEL_OPEN, CHANNEL_CLOSE = "<|think|>", "<|channel>", "<channel|>"
@@ -91,10 +94,13 @@ class TextStream:
     held back (a trailing U+FFFD) until its last byte arrives.
     """
 
-    def __init__(self, tokenizer: Tokenizer, eos_ids: Iterable[int], thinking: bool = False) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, eos_ids: Iterable[int], thinking: bool = False, channels: bool = True
+    ) -> None:
         self.tok = tokenizer
         self.eos = set(eos_ids)
         self.thinking = thinking  # inside a thought channel
+        self.channels = channels  # channel tokens switch between answer and thinking (else they are skipped)
         self.run: list[int] = []
         self.emitted = 0  # characters of the current run already returned
         self.ended = False
@@ -122,9 +128,9 @@ class TextStream:
                 break
             if token in self.eos:
                 self.ended = True
-            elif token == self.tok.channel_open:
+            elif self.channels and token == self.tok.channel_open:
                 self._switch(True, out)
-            elif token == self.tok.channel_close:
+            elif self.channels and token == self.tok.channel_close:
                 self._switch(False, out)
             else:
                 self.run.append(token)

@@ -68,9 +68,11 @@ def test_same_seed_same_ids_and_the_global_rng_is_untouched(engine):
     assert a.token_ids == b.token_ids != c.token_ids
 
 
-def test_max_new_tokens_rounds_up_to_whole_canvases(engine):
+def test_max_new_tokens_is_exact_though_whole_canvases_are_denoised(engine):
+    whole = engine.generate(P1, seed=1, max_new_tokens=32)
     result = engine.generate(P1, seed=1, max_new_tokens=17)
-    assert result.stats.canvases == 2 and len(result.token_ids) == 32
+    assert result.stats.canvases == 2 and result.token_ids == whole.token_ids[:17]
+    assert result.stats.generated_tokens == 17 and result.stats.finish_reason == "length"
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,14 @@ A name is `name[:tag]` (tag `latest` when omitted); a Hugging Face repo `[hf.co/
 pulled from it (`org--repo`, tagged with its revision). Each stored model has a manifest,
 `$DGEMMA_MODELS/manifests/<name>/<tag>.json`, that points at a Hugging Face-format folder (usually a snapshot
 in the Hugging Face cache). Built-in models ship inside the package and need no manifest.
+
+How long the last load of a model folder took is kept beside the manifests, `$DGEMMA_MODELS/loads/<key>.json` (one
+small file per folder, so built-in models and folders named on the command line have one too), for `show`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,9 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 import platformdirs
-from dgemma_runtime import DgemmaError
-
-from .cache import delete_snapshot
+from dgemma_runtime import DgemmaError, LoadFinished
 
 BUILTIN = {"dgemma-tiny": "builtin/dgemma-tiny"}  # name -> folder inside the dgemma_cli package
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -63,6 +65,11 @@ class Manifest:
     @property
     def folder(self) -> Path:
         return Path(self.path)
+
+    @property
+    def digest(self) -> str:
+        """A stable identity of the stored model (Ollama's is its manifest's hash); `list` shows 12 characters."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
     def size_bytes(self) -> int:
         if self.files:
@@ -143,7 +150,7 @@ def resolve(ref: str) -> Manifest:
 def lookup(ref: str) -> Manifest:
     """A store name or a pulled hub repo, never a folder: for names that come from the network."""
     if ("/" in ref or ref.startswith(".")) and not hub_ref(ref):
-        raise ModelNotFound(ref)
+        raise ModelNotFound(ref, f"no such folder: {Path(ref).expanduser().absolute()}")  # nothing to pull either
     name, tag = _key(ref)
     if name in BUILTIN and tag == "latest":
         return _builtin(name)
@@ -196,11 +203,16 @@ def remove(ref: str) -> Manifest:
     name, tag = _key(ref)
     if name in BUILTIN and tag == "latest":
         raise StoreError(f"'{name}' is built into dgemma and cannot be removed")
-    manifest = resolve(ref)
-    _manifest_path(name, tag).unlink()
+    path = _manifest_path(name, tag)
+    if not path.exists():
+        raise ModelNotFound(ref, "see 'dgemma list'")  # pulling it would not help to delete it
+    manifest = _read(path)  # read, not looked up: a model whose folder is gone can still be removed
+    path.unlink()
     still_used = any(m.path == manifest.path for m in list_models())
     if not still_used and manifest.folder.exists():
         if manifest.source.startswith("hf:"):
+            from .cache import delete_snapshot  # huggingface_hub loads only when a pulled model goes
+
             delete_snapshot(manifest.folder)
         elif manifest.source != "local":
             shutil.rmtree(manifest.folder)
@@ -208,3 +220,30 @@ def remove(ref: str) -> Manifest:
     if parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()
     return manifest
+
+
+def _load_record(manifest: Manifest) -> Path:
+    key = hashlib.sha256(str(manifest.folder.resolve()).encode()).hexdigest()[:16]
+    return models_dir() / "loads" / f"{key}.json"
+
+
+def record_load(manifest: Manifest, loaded: LoadFinished) -> None:
+    """Keep how long this load took. Best effort: a store that cannot be written must not fail the load."""
+    path = _load_record(manifest)
+    record = {"path": manifest.path, "seconds": loaded.seconds, "bytes": loaded.bytes}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # loads in two processes must not share a temporary file
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def last_load(manifest: Manifest) -> LoadFinished | None:
+    """How long the folder's last load took, when one is on record."""
+    try:
+        record = json.loads(_load_record(manifest).read_text())
+        return LoadFinished(float(record["seconds"]), int(record["bytes"]))
+    except (OSError, ValueError, TypeError, KeyError):  # none yet, or unreadable: as good as none
+        return None

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
-from dgemma_runtime import DgemmaError, Engine
+from dgemma_runtime import DgemmaError
 from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from ..client import address  # where `run`, `ps` and `stop` look for the server too
 from ..errors import UsageProblem
 from ..models import store
 from .guard import Guard, Policy
@@ -21,9 +21,7 @@ from .ollama import router as ollama
 from .openai import router as openai
 from .schema import BadRequest, keep_alive_seconds
 from .shared import ServeState, error_response
-from .worker import Disconnected, Worker
-
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11435
+from .worker import Disconnected, Loader, Worker
 
 
 class ServeError(DgemmaError):
@@ -60,18 +58,6 @@ def create_app(state: ServeState, policy: Policy | None = None) -> FastAPI:
     return app
 
 
-def address(host: str | None, port: int | None, env: str | None) -> tuple[str, int]:
-    """--host and --port, each falling back to DGEMMA_HOST (`host[:port]`, a scheme allowed), then the defaults."""
-    env_host, env_port = None, None
-    if env:
-        try:
-            parts = urlsplit(env if "://" in env else f"//{env}")
-            env_host, env_port = parts.hostname, parts.port
-        except ValueError as exc:
-            raise UsageProblem(f"DGEMMA_HOST={env!r} is not host[:port] ({exc})") from None
-    return host or env_host or DEFAULT_HOST, port if port is not None else env_port or DEFAULT_PORT
-
-
 def listen(host: str, port: int) -> socket.socket:
     """Bound and listening before the server starts, so a busy port is one line, and --port 0 gets a free one."""
     try:
@@ -92,7 +78,7 @@ def serve(
     keep_alive: str,
     max_queue: int,
     max_batch: int,
-    loader: Callable[[store.Manifest], Engine],
+    loader: Loader,
     announce: Callable[[str], None],
 ) -> None:
     """Run until interrupted. With a `model`, it is loaded before the server listens (and is the default)."""

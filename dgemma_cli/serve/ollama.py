@@ -3,8 +3,6 @@ end), the model list, show, ps, pull (progress as NDJSON) and version."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -40,15 +38,20 @@ from .schema import (
     Render,
     capped_body,
     chat_prompt,
+    infill_prompt,
     message,
+    no_structured_output,
+    ollama_images,
     ollama_options,
     openapi_body,
     raw_prompt,
     read_body,
     user_prompt,
+    with_infill,
 )
 from .shared import (
     Transcript,
+    canvas_frame,
     error_response,
     listed_models,
     model_name,
@@ -56,6 +59,7 @@ from .shared import (
     state_of,
     status_of,
     step_frame,
+    vision_of,
 )
 from .worker import Finished, Item, Job, Started, prepare
 
@@ -109,9 +113,11 @@ class Reply:
             if isinstance(item, StepEvent):
                 yield step_frame(item)
             elif isinstance(item, CanvasEvent):
-                yield self._said(*self.transcript.add(item)) | {"done": False}
+                said = self._said(*self.transcript.add(item)) | {"done": False}
+                yield said | ({"canvas": canvas_frame(item)} if self.job.frames else {})
             elif isinstance(item, Finished):
-                yield self._said("", "") | self._done(item)
+                done = self._said("", "") | self._done(item)
+                yield done | ({"stats": item.stats.as_dict()} if self.job.frames else {})  # as `run --frames`
 
     async def whole(self, items: AsyncIterator[Item]) -> dict[str, object]:
         finished = await self.transcript.read_all(items)
@@ -119,9 +125,11 @@ class Reply:
 
 
 async def respond(request: Request, body: OllamaRequest, render: Render | None, chat: bool) -> Response:
+    no_structured_output("format", bool(body.format))
     state = state_of(request)
     frames = body.frames and body.stream
-    job = state.job(body.model, body.keep_alive, render, ollama_options(body.options), frames)
+    options = with_infill(ollama_options(body.options), body.infill, bool(body.think))
+    job = state.job(body.model, body.keep_alive, render, options, frames)
     if render is not None:  # a prompt or answer length that does not fit is a 400 now, not after the wait
         await run_in_threadpool(prepare, job, state.defaults(job.model))
     started, items = await state.start(request, job)
@@ -133,40 +141,35 @@ async def respond(request: Request, body: OllamaRequest, render: Render | None, 
     return JSONResponse(await reply.whole(items))
 
 
-def no_images(images: list[str] | None) -> None:
-    if images:
-        raise BadRequest("images are not supported: this runtime reads text only")
-
-
 @router.post("/generate", openapi_extra=openapi_body(GenerateRequest))
 async def generate(request: Request) -> Response:
     body = await read_body(request, GenerateRequest)
-    no_images(body.images)
+    images = ollama_images(body.images, "images")
     think = bool(body.think)
-    if not body.prompt:
+    prompt = infill_prompt(body.prompt, body.infill)
+    if not prompt and not images:
         render = None
     elif body.raw:
-        render = raw_prompt(body.prompt)
+        if images:
+            raise BadRequest("images: a raw prompt has no chat template to place them in")
+        render = raw_prompt(prompt)
     else:
-        render = user_prompt(body.prompt, body.system, think)
+        vision = await vision_of(request, body.model) if images else None
+        render = user_prompt(prompt, body.system, think, images, vision)
     return await respond(request, body, render, chat=False)
 
 
 @router.post("/chat", openapi_extra=openapi_body(ChatRequest))
 async def chat(request: Request) -> Response:
     body = await read_body(request, ChatRequest)
-    for m in body.messages:
-        no_images(m.images)
-    messages = [message(m.role, m.content) for m in body.messages]
-    return await respond(request, body, chat_prompt(messages, bool(body.think)) if messages else None, chat=True)
+    said = enumerate(body.messages)
+    messages = [message(m.role, m.content, ollama_images(m.images, f"messages[{i}].images")) for i, m in said]
+    vision = await vision_of(request, body.model) if any(m.images for m in messages) else None
+    render = chat_prompt(messages, bool(body.think), vision) if messages else None
+    return await respond(request, body, render, chat=True)
 
 
 # -- models ----------------------------------------------------------------------------------------
-
-
-def digest(manifest: store.Manifest) -> str:
-    """A stable identity for the stored model (Ollama's is its manifest's hash)."""
-    return hashlib.sha256(json.dumps(asdict(manifest), sort_keys=True).encode()).hexdigest()
 
 
 def details(manifest: store.Manifest) -> dict[str, object]:
@@ -190,7 +193,7 @@ def entry(manifest: store.Manifest) -> dict[str, object]:
         "model": model_name(manifest),
         "modified_at": manifest.modified or None,
         "size": manifest.size_bytes(),
-        "digest": digest(manifest),
+        "digest": manifest.digest,
         "details": details(manifest),
     }
 
@@ -221,16 +224,28 @@ async def show(request: Request) -> dict[str, object]:
             "diffusion_gemma.canvas_length": config.canvas_length,
             **{f"dgemma.{label.replace(' ', '_')}": value for label, value in model_facts(manifest, checkpoint)},
         },
-        "capabilities": ["completion", "thinking"],
+        "capabilities": ["completion", "thinking", *(["vision"] if checkpoint.vision is not None else [])],
         "modified_at": manifest.modified or None,
     }
 
 
 @router.get("/ps")
 async def ps(request: Request) -> dict[str, object]:
-    """The resident model, and (dgemma's extension) the queue and batching counters."""
+    """The resident model, or (dgemma's extension) the one loading with its progress; and (dgemma's extension) the
+    queue and batching counters."""
     snap = state_of(request).worker.snapshot()
     models = []
+    if snap.loading is not None:  # no expires_at yet: the keep-alive starts once the model is ready
+        loading = snap.loading
+        since = datetime.fromtimestamp(loading.since, timezone.utc).isoformat().replace("+00:00", "Z")
+        phases = {phase: {"completed": done, "total": total} for phase, (done, total) in loading.phases.items()}
+        models.append(
+            entry(loading.manifest)
+            | {
+                "context_length": load_config(loading.manifest.folder)[0].max_position_embeddings,
+                "loading": {"since": since, "phases": phases},
+            }
+        )
     if snap.manifest is not None:
         manifest = snap.manifest
         left = snap.expires_in
@@ -244,7 +259,7 @@ async def ps(request: Request) -> dict[str, object]:
                 "context_length": load_config(manifest.folder)[0].max_position_embeddings,
             }
         )
-    counters = {k: v for k, v in asdict(snap).items() if k not in ("manifest", "expires_in", "on_gpu")}
+    counters = {k: v for k, v in asdict(snap).items() if k not in ("manifest", "loading", "expires_in", "on_gpu")}
     return {"models": models, "dgemma": counters}
 
 

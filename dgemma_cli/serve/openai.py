@@ -23,13 +23,15 @@ from .schema import (
     Render,
     capped_body,
     chat_prompt,
+    infill_prompt,
     message,
+    no_structured_output,
     openai_options,
     openapi_body,
     read_body,
     user_prompt,
 )
-from .shared import Transcript, listed_models, model_name, sse, state_of, step_frame
+from .shared import Transcript, listed_models, model_name, sse, state_of, step_frame, vision_of
 from .worker import Finished, Item, prepare
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(capped_body)])
@@ -86,6 +88,8 @@ class Reply:
 async def respond(request: Request, body: OpenAIRequest, render: Render, chat: bool) -> Response:
     if body.n != 1:
         raise BadRequest("n: only one choice per request")
+    text = body.response_format in (None, {"type": "text"})
+    no_structured_output("response_format", not text)
     state = state_of(request)
     job = state.job(body.model, body.keep_alive, render, openai_options(body), body.frames and body.stream)
     await run_in_threadpool(prepare, job, state.defaults(job.model))  # what does not fit is a 400 before the wait
@@ -100,16 +104,17 @@ async def respond(request: Request, body: OpenAIRequest, render: Render, chat: b
 @router.post("/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await read_body(request, ChatCompletionRequest)
-    messages = [message(m.role, m.text()) for m in body.messages]
+    messages = [message(m.role, m.text(), m.images()) for m in body.messages]
     if not messages:
         raise BadRequest("messages: at least one message is needed")
-    return await respond(request, body, chat_prompt(messages, body.thinks), chat=True)
+    vision = await vision_of(request, body.model) if any(m.images for m in messages) else None
+    return await respond(request, body, chat_prompt(messages, body.thinks, vision), chat=True)
 
 
 @router.post("/completions", openapi_extra=openapi_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await read_body(request, CompletionRequest)
-    text = body.text()
+    text = infill_prompt(body.text(), body.infill)
     if not text:
         raise BadRequest("prompt: empty")
     return await respond(request, body, user_prompt(text, None, body.thinks), chat=False)

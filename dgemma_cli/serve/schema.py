@@ -3,13 +3,24 @@ keep-alive durations, and chat messages as the runtime's `Message`s. Every probl
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
-from dgemma_runtime import OPTION_NAMES, DgemmaError, GenerationOptions, Message, Tokenizer
+from dgemma_runtime import (
+    INFILL_INSTRUCTION,
+    OPTION_NAMES,
+    DgemmaError,
+    GenerationOptions,
+    Message,
+    PreparedPrompt,
+    Tokenizer,
+    VisionConfig,
+    prepare_prompt,
+)
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -53,7 +64,8 @@ DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 Body = TypeVar("Body", bound=BaseModel)
-Render = Callable[[Tokenizer], list[int]]
+Render = Callable[[Tokenizer], PreparedPrompt | list[int]]  # the prompt: its ids and images, or ids alone
+DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.DOTALL | re.IGNORECASE)
 
 
 class BadRequest(DgemmaError):
@@ -94,6 +106,8 @@ class OllamaRequest(Lenient):
     keep_alive: KeepAlive = None
     think: bool | str | None = None
     frames: bool = False  # dgemma's extension: step events too
+    infill: str | None = None  # dgemma's extension: a template whose holes the model fills (`dgemma run --infill`)
+    format: str | dict[str, Any] | None = None  # Ollama's JSON mode or schema: refused (`no_structured_output`)
 
 
 class GenerateRequest(OllamaRequest):
@@ -138,6 +152,8 @@ class OpenAIRequest(BaseModel):
     reasoning_effort: str | None = None
     keep_alive: KeepAlive = None
     frames: bool = False
+    infill: str | None = None
+    response_format: dict[str, Any] | None = None  # only {"type": "text"} (`no_structured_output`)
 
     @property
     def thinks(self) -> bool:
@@ -149,12 +165,18 @@ class OpenAIMessage(Lenient):
     content: str | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
-        """Content as a string, or its text parts joined; other parts (images, audio) cannot be read."""
+        """Content as a string, or its text parts joined; the image parts are `images`, others cannot be read."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        if any(part.get("type") != "text" for part in self.content):
-            raise BadRequest("only text content is supported")
-        return "".join(str(part.get("text", "")) for part in self.content)
+        if any(part.get("type") not in ("text", "image_url") for part in self.content):
+            raise BadRequest("only text and image_url content parts are supported")
+        return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+
+    def images(self) -> tuple[bytes, ...]:
+        """The image_url parts' images, in order (the prompt shows them before the text, as Gemma's template does)."""
+        if not isinstance(self.content, list):
+            return ()
+        return tuple(data_url(part.get("image_url")) for part in self.content if part.get("type") == "image_url")
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -246,6 +268,12 @@ async def capped_body(request: Request) -> None:
 # -- options ---------------------------------------------------------------------------------------
 
 
+def no_structured_output(field: str, asked: bool) -> None:
+    """JSON mode and JSON schemas are refused, not ignored: a client that asks for JSON must not get free text."""
+    if asked:
+        raise BadRequest(f"{field}: JSON output (a JSON mode or schema) is not supported for diffusion models yet")
+
+
 def ollama_options(options: Mapping[str, object]) -> GenerationOptions:
     return GenerationOptions.from_mapping({k: v for k, v in options.items() if k not in OLLAMA_IGNORED})
 
@@ -255,7 +283,21 @@ def openai_options(body: OpenAIRequest) -> GenerationOptions:
     extra = body.model_extra or {}
     known = {k: v for k, v in extra.items() if k in OPTION_NAMES}
     named = {"max_tokens": body.max_tokens, "max_completion_tokens": body.max_completion_tokens, "seed": body.seed}
-    return GenerationOptions.from_mapping(known | {k: v for k, v in named.items() if v is not None})
+    options = GenerationOptions.from_mapping(known | {k: v for k, v in named.items() if v is not None})
+    return with_infill(options, body.infill, body.thinks)
+
+
+def with_infill(options: GenerationOptions, infill: str | None, think: bool) -> GenerationOptions:
+    """A request's options with its `infill` template, which thinking cannot precede: the canvas the model would
+    think in starts as the template."""
+    if infill is not None and think:
+        raise BadRequest("infill writes the answer directly: it cannot be combined with think")
+    return options.merged(infill=infill)
+
+
+def infill_prompt(prompt: str, infill: str | None) -> str:
+    """A plain prompt; with an infill template it is the instruction, INFILL_INSTRUCTION when left empty."""
+    return (prompt or INFILL_INSTRUCTION) if infill is not None else prompt
 
 
 def keep_alive_seconds(value: float | str | None, default: float) -> float:
@@ -282,14 +324,40 @@ def keep_alive_seconds(value: float | str | None, default: float) -> float:
 # -- prompts ---------------------------------------------------------------------------------------
 
 
-def message(role: str, content: str) -> Message:
+def base64_image(data: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise BadRequest(f"{where}: not valid base64") from None
+
+
+def ollama_images(images: list[str] | None, where: str) -> tuple[bytes, ...]:
+    """Ollama's `images`: each a file's bytes in base64."""
+    return tuple(base64_image(data, f"{where}[{i}]") for i, data in enumerate(images or ()))
+
+
+def data_url(image_url: object) -> bytes:
+    """OpenAI's image_url, `{"url": ...}` or the URL alone: a data URL only, since the server fetches nothing."""
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    if not isinstance(url, str):
+        raise BadRequest("image_url: a url is needed")
+    if url.lower().startswith(("http://", "https://")):
+        raise BadRequest("image_url: the server fetches no remote URLs; send the image as data:image/...;base64,...")
+    found = DATA_URL.fullmatch(url)
+    if found is None:
+        raise BadRequest("image_url: only data URLs are taken, data:image/...;base64,...")
+    return base64_image(found.group(1), "image_url")
+
+
+def message(role: str, content: str, images: tuple[bytes, ...] = ()) -> Message:
     if role not in ROLES:
         raise BadRequest(f"unsupported message role '{role}' (use system, user or assistant)")
-    return Message(role, content)
+    return Message(role, content, images)
 
 
-def chat_prompt(messages: list[Message], think: bool) -> Render:
-    return lambda tokenizer: tokenizer.chat(messages, think=think)
+def chat_prompt(messages: list[Message], think: bool, vision: VisionConfig | None = None) -> Render:
+    """`vision`: the model's, for messages with images (without one, they are refused as the model reads text)."""
+    return lambda tokenizer: prepare_prompt(messages, tokenizer, vision, think)
 
 
 def raw_prompt(text: str) -> Render:
@@ -297,6 +365,8 @@ def raw_prompt(text: str) -> Render:
     return lambda tokenizer: tokenizer.encode(text)
 
 
-def user_prompt(text: str, system: str | None, think: bool) -> Render:
+def user_prompt(
+    text: str, system: str | None, think: bool, images: tuple[bytes, ...] = (), vision: VisionConfig | None = None
+) -> Render:
     """A plain prompt as `dgemma run` renders it: one user turn, after the system prompt if there is one."""
-    return chat_prompt(([Message("system", system)] if system else []) + [Message("user", text)], think)
+    return chat_prompt(([Message("system", system)] if system else []) + [Message("user", text, images)], think, vision)

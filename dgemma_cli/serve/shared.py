@@ -15,17 +15,20 @@ from dgemma_runtime import (
     DgemmaError,
     GenerationDefaults,
     GenerationOptions,
+    ImageError,
     OptionError,
     StepEvent,
+    VisionConfig,
     load_config,
 )
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ..errors import UsageProblem
 from ..models import store
 from .schema import BadRequest, Render, keep_alive_seconds
-from .worker import Disconnected, Finished, Item, Job, QueueFull, Started, Worker
+from .worker import Disconnected, Finished, Item, Job, QueueFull, Started, Worker, model_vision
 
 RETRY_AFTER_SECONDS = 2
 log = logging.getLogger("dgemma.serve")
@@ -39,7 +42,7 @@ class ShuttingDown(DgemmaError):
 STATUS = (
     ((QueueFull, ShuttingDown), 503),
     (store.ModelNotFound, 404),
-    ((BadRequest, OptionError, UsageProblem, store.StoreError), 400),
+    ((BadRequest, OptionError, UsageProblem, store.StoreError, ImageError), 400),
 )
 
 
@@ -119,6 +122,11 @@ def state_of(request: Request) -> ServeState:
     return request.app.state.serve
 
 
+async def vision_of(request: Request, ref: str) -> VisionConfig | None:
+    """The named model's vision tower (None: it reads text only), for a prompt with images; nothing is loaded."""
+    return await run_in_threadpool(model_vision, state_of(request).manifest(ref).folder)
+
+
 def listed_models(state: ServeState) -> list[store.Manifest]:
     """The store's models, and the --model folder when it is not one of them."""
 
@@ -170,6 +178,12 @@ class Transcript:
 def step_frame(event: StepEvent) -> dict[str, object]:
     """A step for visualisers, as `dgemma run --frames` writes it; the batch row is the server's business."""
     return {"type": "step", **{k: v for k, v in asdict(event).items() if k != "row"}}
+
+
+def canvas_frame(event: CanvasEvent) -> dict[str, object]:
+    """A finished canvas as `run --frames` writes it (its ids, steps and raw text), minus the row: what the text
+    chunk of a stream with frames carries, so `dgemma run` through the server shows what it shows in-process."""
+    return {k: v for k, v in asdict(event).items() if k != "row"}
 
 
 def status_of(exc: Exception) -> int:

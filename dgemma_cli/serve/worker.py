@@ -3,6 +3,7 @@ each with its own response queue that `None` ends and exceptions travel through.
 a decoder forward run as one batch; events are routed back to their request by `row`.
 
 One model is resident at a time: loaded on first use, unloaded after its keep-alive has passed with no request.
+While it loads, the runtime's progress is recorded for /api/ps, and requests that arrive wait in the queue for it.
 
 Every job's prompt is rendered and checked against the model's context before it waits (`prepare`), so a prompt
 or an answer length that cannot fit is refused at once and never reaches a batch; a batch that fails anyway
@@ -30,10 +31,18 @@ from dgemma_runtime import (
     GenerationDefaults,
     GenerationOptions,
     GenerationStats,
+    LoadEvent,
+    LoadFinished,
+    LoadProgress,
+    LoadStarted,
     OptionError,
+    PreparedPrompt,
+    ProgressCallback,
     ResolvedOptions,
     StepEvent,
     Tokenizer,
+    VisionConfig,
+    inspect,
     load_config,
     reclaim,
 )
@@ -47,6 +56,11 @@ MAX_IDLE_WAIT_SECONDS = 3600.0
 class QueueFull(DgemmaError):
     def __init__(self, size: int) -> None:
         super().__init__(f"the server is busy: {size} requests are already waiting; retry shortly")
+
+
+class LoadCancelled(DgemmaError):
+    def __init__(self, model: Manifest) -> None:
+        super().__init__(f"the server stopped while '{model.ref}' was loading")
 
 
 class Disconnected(Exception):
@@ -73,16 +87,17 @@ Item = Started | StepEvent | CanvasEvent | Finished
 
 @dataclass(eq=False)
 class Job:
-    """One request. `render` turns the tokenizer into prompt ids; None asks only to load (or, with keep-alive 0,
-    unload) the model."""
+    """One request. `render` turns the tokenizer into the prompt (its ids, or a PreparedPrompt with its images);
+    None asks only to load (or, with keep-alive 0, unload) the model."""
 
     model: Manifest
-    render: Callable[[Tokenizer], list[int]] | None
+    render: Callable[[Tokenizer], PreparedPrompt | list[int]] | None
     keep_alive: float  # seconds; inf keeps the model loaded, 0 unloads it after this request
     options: GenerationOptions = field(default_factory=GenerationOptions)
     resolved: ResolvedOptions | None = None  # against the model's defaults, then (`prepare`) its context
     frames: bool = False  # deliver step events too
     ids: list[int] | None = None  # the rendered prompt (`prepare`)
+    image_prompt: PreparedPrompt | None = None  # the rendered prompt when it shows images: such a job runs alone
     began: bool = False  # `Started` was sent
     answered: bool = False  # text was sent: the job can no longer start over
     submitted: float = field(default_factory=time.perf_counter)
@@ -101,11 +116,13 @@ class Job:
         """Render the prompt and resolve the options against it and the model's `context`: an OptionError names
         the limit; an answer length left open becomes what fits."""
         assert self.render is not None
-        ids = self.render(tokenizer)
-        if not ids:
+        rendered = self.render(tokenizer)
+        prompt = rendered if isinstance(rendered, PreparedPrompt) else PreparedPrompt(rendered)
+        if not prompt.ids:
             raise OptionError("the prompt is empty")
-        self.resolved = self.options.resolve(defaults, context, len(ids))
-        self.ids = ids
+        self.resolved = self.options.resolve(defaults, context, len(prompt.ids))
+        self.ids = prompt.ids
+        self.image_prompt = prompt if prompt.pixel_values is not None else None
 
     def put(self, item: Item | BaseException | None) -> None:
         """From the worker thread: hand one item to the request's event loop."""
@@ -138,6 +155,12 @@ def _prompt_reader(folder: Path) -> tuple[Tokenizer, int] | None:
     return (Tokenizer(path), load_config(folder)[0].max_position_embeddings) if path.exists() else None
 
 
+@functools.lru_cache(maxsize=4)
+def model_vision(folder: Path) -> VisionConfig | None:
+    """A model's vision tower, from its files (nothing is loaded), for prompts with images; None: text only."""
+    return inspect(folder).vision
+
+
 def prepare(job: Job, defaults: GenerationDefaults) -> None:
     """Before a job is queued (the routes call this in a thread): its prompt rendered and checked, so a prompt or
     answer length that does not fit is a 400 at once. A model without a tokenizer fails later, in the worker."""
@@ -157,8 +180,11 @@ def similar_lengths(shortest: int, longest: int, canvas: int) -> bool:
 def can_share_batch(head: Job, other: Job) -> bool:
     """Whether `other`'s options let it run in `head`'s batch: the same, and the same answer length asked for
     (an open one is fitted to the batch's longest prompt when it runs); prompt lengths are `similar_lengths`'
-    business. A seeded request runs alone, so its answer is the one `dgemma run --seed` gives."""
+    business. A seeded request runs alone, so its answer is the one `dgemma run --seed` gives; so does one with
+    images (the engine takes one prompt's images at a time)."""
     if head.resolved is None or other.resolved is None or head.resolved.seed is not None:
+        return False
+    if head.image_prompt is not None or other.image_prompt is not None:
         return False
     return (
         other.model.folder == head.model.folder
@@ -175,10 +201,24 @@ class Resident:
 
 
 @dataclass(frozen=True)
+class Loading:
+    """A load in progress, as the runtime reports it; replaced (not changed) per event, so a snapshot holds one."""
+
+    manifest: Manifest
+    since: float  # time.time() the load began
+    phases: dict[str, tuple[int, int]] = field(default_factory=dict)  # phase -> (bytes done, bytes it handles)
+    finished: LoadFinished | None = None
+
+
+Loader = Callable[[Manifest, ProgressCallback], Engine]  # the runtime's `load`, `progress` passed on
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """What /api/ps reports: the resident model and the counters (for clients and tests alike)."""
+    """What /api/ps reports: the resident model, the one loading, and the counters (for clients and tests alike)."""
 
     manifest: Manifest | None
+    loading: Loading | None
     on_gpu: bool
     expires_in: float  # seconds; inf when it stays
     queued: int
@@ -187,12 +227,13 @@ class Snapshot:
     largest_batch: int
     completed: int
     cancelled: int
+    loads: int  # models loaded since the server started: a client can tell a resident model was reused
 
 
 class Worker:
     def __init__(
         self,
-        loader: Callable[[Manifest], Engine],
+        loader: Loader,
         max_queue: int = 16,
         max_batch: int = 8,
     ) -> None:
@@ -200,8 +241,9 @@ class Worker:
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._resident: Resident | None = None
+        self._loading: Loading | None = None
         self._stopped = False
-        self._running = self._batches = self._largest = self._completed = self._cancelled = 0
+        self._running = self._batches = self._largest = self._completed = self._cancelled = self._loads = 0
         self._thread = threading.Thread(target=self._loop, name="dgemma-model", daemon=True)
 
     # -- the request side ------------------------------------------------------------------------------
@@ -209,12 +251,13 @@ class Worker:
     def preload(self, manifest: Manifest, keep_alive: float) -> None:
         """Load before the thread starts (so a bad model fails `dgemma serve` itself)."""
         assert not self._thread.is_alive()
-        self._resident = Resident(manifest, self.loader(manifest), time.monotonic() + keep_alive)
+        self._resident = Resident(manifest, self._load(manifest)[0], time.monotonic() + keep_alive)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread; a load in progress is cancelled at its next progress event (`_heard`)."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
@@ -241,6 +284,7 @@ class Worker:
             resident = self._resident
             return Snapshot(
                 manifest=resident.manifest if resident else None,
+                loading=self._loading,
                 on_gpu=resident is not None and resident.engine.device.type == "cuda",
                 expires_in=max(0.0, resident.expires - time.monotonic()) if resident else 0.0,
                 queued=len(self._waiting),
@@ -249,6 +293,7 @@ class Worker:
                 largest_batch=self._largest,
                 completed=self._completed,
                 cancelled=self._cancelled,
+                loads=self._loads,
             )
 
     # -- the model thread ------------------------------------------------------------------------------
@@ -288,11 +333,40 @@ class Worker:
             return resident.engine, 0.0
         with self._cond:
             self._unload()  # one model at a time: free it before the next one loads
-        started = time.perf_counter()
-        engine = self.loader(model)
+        engine, seconds = self._load(model)
         with self._cond:
             self._resident = Resident(model, engine)
-        return engine, time.perf_counter() - started
+        return engine, seconds
+
+    def _load(self, model: Manifest) -> tuple[Engine, float]:
+        """`model` loaded, its progress in /api/ps meanwhile; and the seconds the runtime says the load took."""
+        with self._cond:
+            self._loading = Loading(model, time.time())
+            self._loads += 1
+        try:
+            engine = self.loader(model, self._heard)
+        finally:
+            with self._cond:
+                loading, self._loading = self._loading, None
+        assert loading is not None
+        finished = loading.finished
+        return engine, finished.seconds if finished else 0.0  # a loader that reports nothing took no time
+
+    def _heard(self, event: LoadEvent) -> None:
+        """The runtime's progress callback, on the loading thread. Raising stops the load (the runtime lets go of
+        what it read), so a server that stops is not held up by a long load."""
+        with self._cond:
+            loading = self._loading
+            assert loading is not None
+            if self._stopped:
+                raise LoadCancelled(loading.manifest)
+            if isinstance(event, LoadStarted):
+                self._loading = replace(loading, phases={phase: (0, total) for phase, total in event.phases.items()})
+            elif isinstance(event, LoadProgress):
+                total = loading.phases[event.phase][1]
+                self._loading = replace(loading, phases=loading.phases | {event.phase: (event.bytes, total)})
+            else:
+                self._loading = replace(loading, finished=event)
 
     def _load_only(self, job: Job) -> None:
         """Ollama's empty request: load the model (or, with keep-alive 0, unload it if resident)."""
@@ -374,7 +448,8 @@ class Worker:
                 job.put(Started(load_seconds))
         # Every row's answer length fits the context beside its prompt; the least fits beside them all.
         fits = min(job.resolved.max_new_tokens for job in batch if job.resolved is not None)
-        events = engine.stream([job.ids for job in batch], options=batch[0].options.merged(max_new_tokens=fits))
+        prompts = batch[0].image_prompt or [job.ids for job in batch]  # a job with images runs alone
+        events = engine.stream(prompts, options=batch[0].options.merged(max_new_tokens=fits))
         finals: list[tuple[Job, Finished]] = []
         try:
             for event in events:

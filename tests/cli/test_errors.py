@@ -38,6 +38,9 @@ CASES = [
     ("rm-path-escape", None, ["rm", "../x"], None, ["invalid model name '../x'"]),
     ("rm-bad-name", None, ["rm", "A:b/c"], None, ["invalid model name 'A:b/c'"]),
     ("rm-builtin", None, ["rm", "dgemma-tiny"], None, ["built into dgemma"]),
+    ("missing-folder", None, ["run", "./no-such-folder", PROMPT], 1,
+     ["model './no-such-folder' not found — no such folder: /", "/no-such-folder"]),
+    ("rm-unknown", None, ["rm", "nosuch"], 1, ["model 'nosuch' not found — see 'dgemma list'"]),
 ]  # fmt: skip
 
 
@@ -50,6 +53,8 @@ def test_a_mistake_is_one_line_and_an_exit_code(env, model, model_copy, breakage
     message = assert_one_line_error(dgemma(env, *(arg.format(model=folder) for arg in args)), exit_code)
     for word in words:
         assert word in message
+    if args[0] == "rm" or args[1].startswith("./"):
+        assert "pull" not in message  # no hint that cannot work
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

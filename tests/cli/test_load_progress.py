@@ -105,7 +105,7 @@ def test_ctrl_c_while_loading_ends_with_one_line_and_exit_130(slow_to_load, spaw
 def test_verbose_and_bench_report_the_load_rate(model, shared_env):
     result = ok(dgemma(shared_env, "run", str(model), PROMPT, *FAST, "--seed", "1", "--verbose"))
     assert re.search(r"^load rate: +\d+\.\d\d GB/s \([\d.]+ [kMG]?B in \d+\.\d\d s\)$", result.stderr, re.MULTILINE)
-    report = json.loads(ok(dgemma(shared_env, "bench", str(model), "--runs", "1", *FAST, "--format", "json")).stdout)
+    report = json.loads(ok(dgemma(shared_env, "bench", str(model), "--runs", "1", *FAST, "--json")).stdout)
     assert report["load_seconds"] > 0 and report["load_bytes"] > 0
     assert report["load_bytes_per_second"] == pytest.approx(report["load_bytes"] / report["load_seconds"])
     shown = ok(dgemma(shared_env, "bench", str(model), "--runs", "1", *FAST)).stdout

@@ -8,12 +8,12 @@ import re
 
 import pytest
 
-from tests.support.cli import FAST, PROMPT, dgemma, ok
+from tests.support.cli import FAST, PROMPT, assert_one_line_error, dgemma, ok
 
 
 @pytest.fixture(scope="module")
 def as_json(oneshot) -> dict:
-    result = oneshot(1, "--format", "json")
+    result = oneshot(1, "--json")
     assert result.stderr == ""
     return json.loads(result.stdout)  # json.loads refuses trailing data: exactly one object
 
@@ -100,3 +100,8 @@ def test_verbose_puts_the_statistics_on_stderr(oneshot, as_json):
     assert "quantization:         none (float32)\n" in result.stderr
     assert re.search(r"^kernels: +PyTorch \(CPU\)$", result.stderr, flags=re.MULTILINE), result.stderr
     assert re.search(r"^weights: +[\d.]+ [KMG]B float32$", result.stderr, flags=re.MULTILINE), result.stderr
+
+
+def test_ollamas_format_json_is_refused_in_one_line(model, env):
+    message = assert_one_line_error(dgemma(env, "run", str(model), PROMPT, "--format", "json"), exit_code=2)
+    assert "not supported for diffusion models yet" in message and "--json" in message

@@ -26,7 +26,7 @@ def nvfp4_model(model, tmp_path_factory) -> Path:
 
 def weight_bytes(model: Path, env: dict[str, str], *flags: str) -> dict[str, int]:
     """What `dgemma bench` reports the loaded weights take, by storage format."""
-    args = ("bench", str(model), "--runs", "1", "--max-new-tokens", "16", "--steps", "4", "--format", "json")
+    args = ("bench", str(model), "--runs", "1", "--max-new-tokens", "16", "--steps", "4", "--json")
     report = json.loads(ok(dgemma(env, *args, *flags)).stdout)
     assert report["quantization"] == "nvfp4 (quantized while loading)"
     return report["weight_bytes"]

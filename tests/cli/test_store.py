@@ -66,10 +66,14 @@ def test_show_never_says_a_model_has_no_parameters(shown):
 
 
 @needs_builtin
-def test_list_shows_the_builtin_and_stored_models(mine, env):
-    listing = ok(dgemma(env, "list")).stdout
-    assert re.search(r"^dgemma-tiny \(built in\)", listing, flags=re.MULTILINE), listing
-    assert re.search(r"^mine\s", listing, flags=re.MULTILINE), listing
+def test_list_shows_the_builtin_and_stored_models_as_ollama_does(mine, env):
+    header, *rows = ok(dgemma(env, "list")).stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    listed = {row.split()[0]: row.split(maxsplit=2)[1:] for row in rows}
+    assert set(listed) == {"dgemma-tiny:latest", "mine:latest"}
+    digest, rest = listed["mine:latest"]
+    assert digest == store.lookup("mine").digest[:12]  # the ID /api/tags and /api/ps report in full
+    assert re.fullmatch(r"[\d.]+ [KMG]?B +(Less than a second|\d+ seconds?) ago", rest.strip()), rest  # just stored
 
 
 @needs_builtin
@@ -78,3 +82,5 @@ def test_rm_forgets_a_stored_model_but_keeps_its_local_folder(mine, env):
     assert "deleted 'mine'" in result.stderr
     assert NOT_FOUND in assert_one_line_error(dgemma(env, "run", "mine", PROMPT, *FAST), exit_code=1)
     assert (mine / "model.safetensors").exists()  # a 'local' model's folder is the user's, not the store's
+    again = assert_one_line_error(dgemma(env, "rm", "mine"), exit_code=1)
+    assert again == "model 'mine' not found — see 'dgemma list'"  # pulling it would not help to remove it

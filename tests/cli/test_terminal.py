@@ -39,7 +39,7 @@ def statuses(text: str) -> list[tuple[int, int, int]]:
 
 def test_the_live_view_redraws_each_step_in_place_and_leaves_the_answer(model, shared_env, spawn):
     flags = ("--max-new-tokens", "48", "--steps", "8", "--seed", "1")
-    piped = json.loads(ok(dgemma(shared_env, "run", str(model), PROMPT, *flags, "--format", "json")).stdout)
+    piped = json.loads(ok(dgemma(shared_env, "run", str(model), PROMPT, *flags, "--json")).stdout)
     terminal = spawn("run", str(model), PROMPT, *flags)
     assert terminal.wait() == 0
     raw = terminal.transcript

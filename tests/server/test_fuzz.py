@@ -44,7 +44,7 @@ def served(checkpoint: Path, tmp_path_factory) -> Iterator[None]:
     """A worker that holds 'tiny', the default model. The guard lets the test client's Host in (Policy); pulls
     find the hub offline and an empty cache, so they never leave the machine."""
     tiny = store.Manifest(name="tiny", tag="latest", path=str(checkpoint), source="local")
-    worker = Worker(lambda m: load_model(m.path, LoadSettings("cpu", "auto", None, False))[1], max_queue=4)
+    worker = Worker(lambda m, _: load_model(m.path, LoadSettings("cpu", "auto", None, False))[1], max_queue=4)
     worker.preload(tiny, math.inf)
     worker.start()
     APP.state.serve = ServeState(worker, tiny, math.inf)

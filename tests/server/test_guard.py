@@ -61,7 +61,7 @@ def serve_app(serve_env, monkeypatch) -> Iterator[Callable[..., Served]]:
     def make(policy: Policy | None = None, default: str | None = "tiny") -> Served:
         loaded: list[store.Manifest] = []
 
-        def loader(manifest: store.Manifest) -> SimpleNamespace:
+        def loader(manifest: store.Manifest, _progress: object) -> SimpleNamespace:
             loaded.append(manifest)
             return SimpleNamespace(device=SimpleNamespace(type="cpu"))  # enough for /api/ps; never generates
 
@@ -140,7 +140,7 @@ def test_store_names_and_hub_repos_still_resolve(tmp_path, checkpoint, monkeypat
     for name, tag in [("tiny", "latest"), ("tiny", "v2"), ("acme--tiny-chat", "latest"), ("acme--tiny-chat", "rev1")]:
         store.save(store.Manifest(name=name, tag=tag, path=str(checkpoint), source="local"))
     local = store.resolve(str(checkpoint))  # `dgemma serve --model ./folder`: requests reach it by its name
-    state = ServeState(Worker(lambda m: None), local, 0)
+    state = ServeState(Worker(lambda m, _: None), local, 0)
     named = {
         "tiny": "tiny",
         "tiny:v2": "tiny:v2",

@@ -223,7 +223,7 @@ def run_jobs(prompts: list[list[int]]) -> tuple[FakeEngine, list[list[object] | 
     engine = FakeEngine()
 
     async def main() -> tuple[list[list[object] | BaseException], dict]:
-        worker = Worker(lambda _: engine, max_queue=8, max_batch=8)
+        worker = Worker(lambda _, __: engine, max_queue=8, max_batch=8)
         render: Callable[[list[int]], Callable] = lambda ids: lambda _tokenizer: ids  # noqa: E731
         jobs = [Job(MODEL, render(ids), math.inf) for ids in prompts]
         for job in jobs:

@@ -137,7 +137,7 @@ def running(app) -> Iterator[str]:
 def catches_fire(checkpoint: Path) -> Iterator[str]:
     """A server whose engine fails after its first canvas, with a message of two lines."""
 
-    def loader(manifest: store.Manifest):
+    def loader(manifest: store.Manifest, _progress: object):
         engine = load_model(manifest.path, LoadSettings("cpu", "auto", None, False))[1]
         whole = engine.stream
 

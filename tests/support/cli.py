@@ -17,6 +17,7 @@ import dgemma_cli
 # wrong); PATH as a fallback.
 DGEMMA = shutil.which("dgemma", path=str(Path(sys.executable).parent)) or shutil.which("dgemma")
 TIMEOUT = 120  # seconds for one command: generous, the 2 cores are shared
+NO_SERVER = "127.0.0.1:1"
 PROMPT = "Tell me a story"
 FAST = ("--max-new-tokens", "32")  # two canvases of the 16-token test model
 BUILTIN_CONFIG = Path(dgemma_cli.__file__).parent / "builtin" / "dgemma-tiny" / "config.json"
@@ -43,6 +44,9 @@ def dgemma_env(home: Path, models: Path | None = None, hf_home: Path | None = No
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "DGEMMA_NOHISTORY": "1",
+        # `run` asks a server at DGEMMA_HOST first: nothing listens on port 1, so a test never reaches a developer's
+        # own `dgemma serve`; tests of the client point it at the server they start.
+        "DGEMMA_HOST": NO_SERVER,
     }
     return env
 
