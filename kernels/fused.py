@@ -96,12 +96,16 @@ def route(scores: torch.Tensor, top_k: int, per_expert_scale: torch.Tensor) -> t
     return weights * per_expert_scale[experts], experts
 
 
-@gpu_kernel("triton_fused.softcap_logits_triton", when=lambda logits, cap: cap is not None)
+@gpu_kernel("triton_fused.softcap_logits_triton", when=lambda logits, cap: cap is not None and not logits.requires_grad)
 def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """fp32 logits, cap · tanh(logits / cap) when capped. One pass on a GPU, from the lm_head's bf16 output: the
     PyTorch definition writes [L, V] fp32 four times (1.1 GB per 26B step)."""
     out = logits.float()
-    return out if cap is None else out.div_(cap).tanh_().mul_(cap)  # in place: no new [L, V] tensors
+    if cap is None:
+        return out
+    if out.requires_grad:  # training (train_tiny.py): tanh's backward reads its output, which in place would overwrite
+        return torch.tanh(out / cap) * cap
+    return out.div_(cap).tanh_().mul_(cap)  # in place: no new [L, V] tensors
 
 
 @gpu_kernel("triton_fused.gelu_mul_triton")

@@ -1,8 +1,17 @@
-"""Generate a seeded corpus of simple children's stories for training dgemma-tiny.
+"""Generate a seeded corpus of children's stories, and short conversations about them, for training dgemma-tiny.
 
-Each record is one JSON line, {"prompt": str, "story": str}. About 70% are chat-framed: the prompt asks
-for a story about a character or a topic, and the story is built around exactly what was asked. The rest
-have an empty prompt. Every template and word list here was written for this project.
+Each record is one JSON line: {"prompt": str, "story": str}, the opening request and the story told for it, and
+for some records
+    "system": str            a system prompt;
+    "turns": [{"user", "model"}, ...]   one to three later exchanges: follow-up requests ("Now one about a bear.",
+                             "Another one, please.", "Make it about a robot instead.") answered with a new story, and
+                             questions about the story just told (its hero's name, home, friend, wish or ending),
+                             answered from that story;
+    "thoughts": [str, ...]   one short plan per model answer: the conversation is rendered with thinking on.
+About 70% of opening prompts ask for a subject (one of a few hundred heroes, a place, the weather or a plot), and the
+story's hero is what was asked for; the rest are empty, for a generic request the trainer fills in. Phrasings and
+subjects named HELD_OUT_* never occur: scripts/eval_tiny.py asks with them. Every template and word list here was
+written for this project.
 
     python scripts/make_story_corpus.py --out work_tiny/stories.jsonl --count 60000 --seed 0
 """
@@ -17,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-CHAT_FRACTION = 0.7
+CHAT_FRACTION = 0.7  # opening prompts that name a subject
+CONVERSATION_FRACTION = 0.4  # records that go on after the first story
+MAX_EXCHANGES = 4  # user turns in a conversation, the first included
+THINK_FRACTION = 0.2  # records rendered with thinking on
+SYSTEM_FRACTION = 0.2  # records with a system prompt
 MIN_WORDS, MAX_WORDS = 60, 160
 MIN_SENTENCES, MAX_SENTENCES = 4, 9
 
@@ -39,13 +52,28 @@ THEY = Pronoun("they", "them", "their", "themselves", "were")
 @dataclass(frozen=True)
 class Kind:
     noun: str
-    category: str  # "person", "animal" or "object"
+    category: str  # "person", "animal" or "object": names, pronouns and the fallback word lists
+    group: str  # keys HOMES, and LIKES, SKILLS and LOST_ITEMS where it has its own
     moves: tuple[str, ...]  # past-tense ways of getting somewhere
     realm: str = "land"  # picks the places, friends and shelters that make sense for it
     hands: bool = True  # can make and plant things
-    homes: tuple[str, ...] = ()  # empty: the category's defaults
-    likes: tuple[str, ...] = ()
-    skills: tuple[str, ...] = ()
+    pronoun: Pronoun | None = None  # fixed by the noun (a queen); None: drawn
+
+
+def _kinds(
+    nouns: str,
+    category: str,
+    group: str,
+    moves: str,
+    realm: str = "land",
+    hands: bool = True,
+    pronoun: Pronoun | None = None,
+) -> tuple[Kind, ...]:
+    """One Kind per comma-separated noun, the rest shared (a few hundred nouns stay readable this way)."""
+    return tuple(
+        Kind(noun.strip(), category, group, tuple(moves.split(", ")), realm, hands, pronoun)
+        for noun in nouns.split(",")
+    )
 
 
 GIRL_NAMES = (
@@ -238,47 +266,15 @@ TRAITS = (
 )
 ANIMAL_LOOKS = ("fluffy", "furry", "spotty", "tiny", "small", "speedy", "chubby", "stripy", "little", "old")
 OBJECT_LOOKS = (*COLOURS, "shiny", "rusty", "tiny", "old", "new", "speedy", "noisy", "wobbly", "bright")
+LOOKS = {"animal": ANIMAL_LOOKS, "object": OBJECT_LOOKS, "sky_thing": ("little", "tiny", "bright", "fluffy", "small")}
 
-PERSON_SKILLS = (
-    "ride a bike",
-    "swim",
-    "whistle",
-    "bake bread",
-    "paint",
-    "play the drum",
-    "read",
-    "juggle",
-    "skip with a rope",
-    "climb trees",
-    "dance",
-    "sing",
-    "play the flute",
-    "knit a scarf",
-    "fly a kite",
-    "count to one hundred",
-    "ride a horse",
-    "skate",
-    "do a cartwheel",
-    "build a treehouse",
-)
-ANIMAL_SKILLS = (
-    "swim",
-    "climb trees",
-    "jump over the stream",
-    "dance",
-    "sing",
-    "whistle",
-    "juggle",
-    "skate on the ice",
-    "read",
-    "paint",
-    "dig a tunnel",
-    "catch falling leaves",
-    "stand on one leg",
-    "build a nest",
-)
-DEFAULT_SKILLS = {"person": PERSON_SKILLS, "animal": ANIMAL_SKILLS}
-DEFAULT_HOMES = {
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(","))
+
+
+# Where a hero lives, by Kind.group: every group has its own.
+HOMES = {
     "person": (
         "in a cosy cottage",
         "in a small house by the woods",
@@ -288,7 +284,11 @@ DEFAULT_HOMES = {
         "in a little town by the sea",
         "in a yellow house on a hill",
     ),
-    "animal": (
+    "royal": _list("in a big castle, in a palace on a hill, in a castle by the lake, in a tall white tower"),
+    "magic": _list("in a tall tower, in a little cottage in the woods, in a magic forest, in a castle in the clouds"),
+    "sea_person": _list("in a little house by the harbour, on a big ship, in a lighthouse, on a sunny island"),
+    "space_person": _list("in a space station, on a little planet, near the rocket base"),
+    "forest": (
         "in a deep forest",
         "in a green meadow",
         "by a quiet pond",
@@ -298,8 +298,31 @@ DEFAULT_HOMES = {
         "at the edge of the woods",
         "under an old oak tree",
     ),
+    "farm": _list("on a busy farm, in a big red barn, in a field by the farmhouse, near an old barn"),
+    "pet": _list("in a cosy house, with a kind family, in a little flat in town, in a house with a big garden"),
+    "wild": _list("in the jungle, on the wide grassland, by a muddy river, near a big waterfall, in a busy zoo"),
+    "polar": _list("in the snowy north, on a big iceberg, by the frozen sea, in a land of ice and snow"),
+    "bird": _list("in a nest in a tall tree, on a church roof, in a garden hedge, at the top of an old oak tree"),
+    "sea": _list("in the deep blue sea, near a coral reef, by a rocky shore, in a quiet bay"),
+    "pond": _list("by a quiet pond, in a little river, in a lake by the woods, among the tall reeds"),
+    "bug": _list("under a big leaf, in a flower garden, in a pile of leaves, in a sunny meadow"),
+    "fantasy": _list("in a misty mountain cave, in a magic forest, beyond the rainbow, in a valley far away"),
+    "dinosaur": _list("in a steamy jungle, by a smoking volcano, in a valley of giant ferns"),
+    "road": _list("in a big garage, in a busy town, at the end of a long road, in a little town by the sea"),
+    "farm_vehicle": _list("on a busy farm, in a big red barn, at the edge of a wheat field"),
+    "rail": _list("at a little station, in a big engine shed, in a valley between the hills"),
+    "boat": _list("in a busy harbour, on a quiet lake, by a sleepy fishing village"),
+    "aircraft": _list("at a small airport, in a big hangar, on a grassy airfield"),
+    "balloon": _list("in a field by the hills, at a travelling fair, in a barn by the river"),
+    "kite": _list("in a cupboard under the stairs, in a toy shop, with a family by the sea"),
+    "rocket": _list("at a rocket base, on a launch pad by the sea, in a big hangar"),
+    "robot": _list("in a busy workshop, in a big city, in a toy shop, in a house full of gadgets"),
+    "toy": _list("in a toy shop, in a child's bedroom, in a toy box, on a shelf full of toys"),
+    "sky_thing": _list("high up in the sky, above a sleepy town, over the hills, above the sea"),
+    "snow": _list("in a snowy garden, on a snowy hill, in a park full of snow"),
 }
-DEFAULT_LIKES = {
+# What a hero loves doing, by group, else by category.
+LIKES = {
     "person": (
         "reading books",
         "playing outside",
@@ -309,6 +332,10 @@ DEFAULT_LIKES = {
         "looking at the stars",
         "making new friends",
     ),
+    "royal": _list("having tea parties, riding horses, dancing at the ball, reading old stories"),
+    "magic": _list("making magic, mixing potions, reading spell books, flying at night"),
+    "sea_person": _list("sailing on the sea, looking for treasure, fishing, singing sea songs"),
+    "space_person": _list("looking at the stars, flying rockets, visiting the moon"),
     "animal": (
         "playing in the sun",
         "exploring",
@@ -318,104 +345,209 @@ DEFAULT_LIKES = {
         "splashing in puddles",
         "eating berries",
     ),
+    "bird": _list("singing in the morning, flying over the trees, building nests, playing in the wind"),
+    "sea": _list("swimming in the sun, blowing bubbles, splashing in the waves, playing hide and seek"),
+    "pond": _list("swimming in the sun, blowing bubbles, splashing in the water, playing hide and seek"),
+    "bug": _list("visiting flowers, sitting in the sun, exploring the garden, playing in the grass"),
+    "road": _list("driving through town, helping people, beeping its horn, going on long trips"),
+    "farm_vehicle": _list("working in the fields, pulling the hay cart, driving through puddles"),
+    "rail": _list("carrying people to town, puffing through the hills, blowing its whistle"),
+    "boat": _list("sailing in the sunshine, bobbing on the waves, carrying people across the bay"),
+    "aircraft": _list("flying through the clouds, zooming over the sea, carrying letters"),
+    "balloon": _list("floating high in the sky, looking at the world below, drifting in the breeze"),
+    "kite": _list("dancing in the wind, flying over the hills, chasing the clouds"),
+    "rocket": _list("zooming to the stars, counting planets, flying very fast"),
+    "robot": _list("fixing things, counting stars, helping people, playing chess"),
+    "toy": _list("playing games, going to tea parties, listening to stories, being hugged"),
+    "sky_thing": _list("floating in the sky, watching the world below, dancing in the wind"),
+    "snow": _list("cold winter days, playing in the snow, watching the snowflakes"),
+}
+# What a hero can learn (the "learning to ..." plot), by group, else by category.
+SKILLS = {
+    "person": (
+        "ride a bike",
+        "swim",
+        "whistle",
+        "bake bread",
+        "paint",
+        "play the drum",
+        "read",
+        "juggle",
+        "skip with a rope",
+        "climb trees",
+        "dance",
+        "sing",
+        "play the flute",
+        "knit a scarf",
+        "fly a kite",
+        "count to one hundred",
+        "ride a horse",
+        "skate",
+        "do a cartwheel",
+        "build a treehouse",
+    ),
+    "magic": _list("do magic tricks, make a potion, fly on a broom, make it snow"),
+    "sea_person": _list("swim, sail a boat, tie knots, catch a fish"),
+    "space_person": _list("fly a rocket, float in space, land on the moon"),
+    "animal": (
+        "swim",
+        "climb trees",
+        "jump over the stream",
+        "dance",
+        "sing",
+        "whistle",
+        "juggle",
+        "skate on the ice",
+        "read",
+        "paint",
+        "dig a tunnel",
+        "catch falling leaves",
+        "stand on one leg",
+        "build a nest",
+    ),
+    "bird": _list("fly very high, sing a new song, build a nest, fly upside down"),
+    "sea": _list("swim very fast, blow big bubbles, jump over the waves, dive to the bottom"),
+    "pond": _list("swim very fast, blow big bubbles, jump over the reeds, dive to the bottom"),
+    "bug": _list("climb a tall flower, dance, sing, build a little house"),
+    "road": _list("drive up the steep hill, drive very fast, park in a tiny space, drive in the snow"),
+    "farm_vehicle": _list("plough the field, pull the heavy cart, drive through the mud, drive backwards"),
+    "rail": _list("climb the steep hill, pull heavy wagons, whistle a tune, go through the long tunnel"),
+    "boat": _list("sail through big waves, sail in the dark, steer around the rocks, sail very fast"),
+    "aircraft": _list("fly through the clouds, land on a tiny island, loop the loop, fly at night"),
+    "balloon": _list("float over the mountains, land softly, rise above the clouds"),
+    "kite": _list("fly very high, dance in the wind, loop the loop, fly in a gentle breeze"),
+    "rocket": _list("fly to the moon, land softly, fly very fast"),
+    "robot": _list("dance, bake a cake, play the piano, paint, juggle, tell jokes, ride a bike"),
+    "toy": _list("dance, sing, jump, tell jokes, ride a bike"),
+    "sky_thing": _list("float very high, make a rainbow, dance in the wind, shine very bright"),
+    "snow": _list("dance, sing, ride a sled"),
 }
 
-PEOPLE = (Kind("girl", "person", ("walked", "ran", "skipped")), Kind("boy", "person", ("walked", "ran")))
+# The heroes a request can ask for: a few hundred nouns. (The realm decides where they go and whom they meet.)
+PEOPLE = (
+    *_kinds("girl", "person", "person", "walked, ran, skipped", pronoun=SHE),
+    *_kinds("boy", "person", "person", "walked, ran", pronoun=HE),
+    *_kinds(
+        "baker, farmer, doctor, nurse, teacher, firefighter, police officer, vet, chef, painter, gardener, builder, "
+        "librarian, zookeeper, scientist, inventor, dancer, singer, clown, detective, explorer, shepherd, "
+        "mail carrier, bus driver",
+        "person",
+        "person",
+        "walked, ran",
+    ),
+    *_kinds("grandma, aunt", "person", "person", "walked", pronoun=SHE),
+    *_kinds("grandpa, uncle, cowboy", "person", "person", "walked", pronoun=HE),
+    *_kinds("superhero, ninja", "person", "person", "ran, jumped"),
+    *_kinds("king, prince", "person", "royal", "walked, rode", pronoun=HE),
+    *_kinds("queen, princess", "person", "royal", "walked, rode", pronoun=SHE),
+    *_kinds("knight", "person", "royal", "rode, marched"),
+    *_kinds("wizard", "person", "magic", "walked, flew", pronoun=HE),
+    *_kinds("witch", "person", "magic", "flew, walked", pronoun=SHE),
+    *_kinds("fairy", "person", "magic", "flew, fluttered", "sky"),
+    *_kinds("elf, magician", "person", "magic", "walked, ran"),
+    *_kinds("giant", "person", "magic", "stomped, walked"),
+    *_kinds("mermaid", "person", "sea_person", "swam", "water", pronoun=SHE),
+    *_kinds("pirate, sailor", "person", "sea_person", "sailed, swam", "water"),
+    *_kinds("astronaut", "person", "space_person", "flew, floated", "space"),
+)
 PETS = ("dog", "cat", "puppy", "kitten", "pony", "rabbit", "hamster", "parrot")
 ANIMALS = (
-    Kind("fox", "animal", ("trotted", "ran")),
-    Kind("rabbit", "animal", ("hopped",)),
-    Kind("bear", "animal", ("padded", "walked")),
-    Kind("mouse", "animal", ("scampered", "ran")),
-    Kind("hedgehog", "animal", ("shuffled", "walked")),
-    Kind("squirrel", "animal", ("scampered", "ran")),
-    Kind("owl", "animal", ("flew",)),
-    Kind("duck", "animal", ("waddled", "swam"), "water"),
-    Kind("frog", "animal", ("hopped", "swam"), "water"),
-    Kind("otter", "animal", ("swam",), "water"),
-    Kind("turtle", "animal", ("crawled", "swam"), "water"),
-    Kind("penguin", "animal", ("waddled", "swam"), "water"),
-    Kind("elephant", "animal", ("stomped", "walked")),
-    Kind("lion", "animal", ("padded", "ran")),
-    Kind("giraffe", "animal", ("walked",)),
-    Kind("monkey", "animal", ("swung", "ran")),
-    Kind("pig", "animal", ("trotted",)),
-    Kind("goat", "animal", ("trotted", "ran")),
-    Kind("dog", "animal", ("trotted", "ran")),
-    Kind("cat", "animal", ("padded", "walked")),
-    Kind("deer", "animal", ("ran", "walked")),
-    Kind("badger", "animal", ("shuffled", "walked")),
-    Kind("kitten", "animal", ("padded", "ran")),
-    Kind("puppy", "animal", ("bounded", "ran")),
-    Kind("dragon", "animal", ("flew",)),
+    *_kinds("fox, wolf, raccoon, skunk", "animal", "forest", "trotted, ran"),
+    *_kinds("deer, moose", "animal", "forest", "ran, walked"),
+    *_kinds("rabbit, bunny, hare", "animal", "forest", "hopped"),
+    *_kinds("bear, brown bear", "animal", "forest", "padded, walked"),
+    *_kinds("mouse, squirrel, chipmunk, dormouse", "animal", "forest", "scampered, ran"),
+    *_kinds("hedgehog, badger, mole, porcupine", "animal", "forest", "shuffled, walked"),
+    *_kinds("owl, robin, sparrow, eagle, crow, woodpecker, bluebird, blackbird, wren", "animal", "bird", "flew", "sky"),
+    *_kinds("seagull, stork, pigeon, bat, hummingbird, pelican, puffin", "animal", "bird", "flew", "sky"),
+    *_kinds("duck, duckling, goose, swan", "animal", "pond", "waddled, swam", "water"),
+    *_kinds("frog, toad", "animal", "pond", "hopped, swam", "water"),
+    *_kinds("otter, beaver, goldfish", "animal", "pond", "swam", "water"),
+    *_kinds("crocodile, alligator, turtle", "animal", "pond", "crawled, swam", "water"),
+    *_kinds("fish, whale, dolphin, shark, octopus, seahorse, jellyfish, starfish", "animal", "sea", "swam", "water"),
+    *_kinds("seal, walrus", "animal", "sea", "swam", "water"),
+    *_kinds("crab, lobster", "animal", "sea", "scuttled, swam", "water"),
+    *_kinds("penguin", "animal", "polar", "waddled, swam", "water"),
+    *_kinds("polar bear", "animal", "polar", "padded, swam"),
+    *_kinds("reindeer, husky", "animal", "polar", "trotted, ran"),
+    *_kinds("elephant, rhino, hippo", "animal", "wild", "stomped, walked"),
+    *_kinds("lion, tiger, leopard, cheetah, jaguar", "animal", "wild", "padded, ran"),
+    *_kinds("giraffe, zebra, camel, ostrich", "animal", "wild", "walked, ran"),
+    *_kinds("monkey, gorilla, chimpanzee, orangutan", "animal", "wild", "swung, ran"),
+    *_kinds("panda, koala, sloth", "animal", "wild", "climbed, walked"),
+    *_kinds("kangaroo", "animal", "wild", "hopped, bounced"),
+    *_kinds("snake", "animal", "wild", "slithered"),
+    *_kinds("lizard, chameleon, gecko", "animal", "wild", "scurried, ran"),
+    *_kinds("flamingo, peacock, parrot", "animal", "bird", "flew, walked", "sky"),
+    *_kinds("pig, piglet, goat, sheep, lamb, cow, calf, donkey, llama", "animal", "farm", "trotted, walked"),
+    *_kinds("horse, pony", "animal", "farm", "galloped, trotted"),
+    *_kinds("chicken, hen, chick, rooster, turkey", "animal", "farm", "strutted, ran"),
+    *_kinds("dog, puppy", "animal", "pet", "trotted, bounded, ran"),
+    *_kinds("cat, kitten", "animal", "pet", "padded, ran"),
+    *_kinds("hamster, guinea pig, ferret", "animal", "pet", "scampered, ran"),
+    *_kinds("tortoise", "animal", "pet", "crawled, plodded"),
+    *_kinds("bee, bumblebee, butterfly, ladybird, ladybug, dragonfly, firefly, moth", "animal", "bug", "flew", "sky"),
+    *_kinds("ant, caterpillar, snail, spider, worm, beetle", "animal", "bug", "crawled"),
+    *_kinds("grasshopper, cricket", "animal", "bug", "hopped"),
+    *_kinds("dragon", "animal", "fantasy", "flew", "sky"),
+    *_kinds("unicorn", "animal", "fantasy", "galloped, trotted"),
+    *_kinds("monster, troll, yeti", "animal", "fantasy", "stomped, walked"),
+    *_kinds("ghost", "animal", "fantasy", "floated, drifted"),
+    *_kinds("alien", "animal", "space_person", "floated, zoomed", "space"),
+    *_kinds("dinosaur, triceratops, stegosaurus, diplodocus", "animal", "dinosaur", "stomped, walked"),
 )
 OBJECTS = (
-    Kind(
-        "boat",
+    *_kinds(
+        "car, bus, truck, lorry, fire engine, police car, ambulance, taxi, van, jeep, ice cream van, race car",
         "object",
-        ("sailed",),
+        "road",
+        "drove, rolled",
+        hands=False,
+    ),
+    *_kinds(
+        "digger, bulldozer, dump truck, garbage truck, monster truck, cement mixer",
+        "object",
+        "road",
+        "rumbled, drove",
+        hands=False,
+    ),
+    *_kinds("motorbike, scooter, bike, skateboard", "object", "road", "zoomed, rolled", hands=False),
+    *_kinds("tractor, combine harvester", "object", "farm_vehicle", "rumbled, drove", hands=False),
+    *_kinds("train, steam train, steam engine", "object", "rail", "chugged, puffed", hands=False),
+    *_kinds("tram", "object", "rail", "rattled, rolled", hands=False),
+    *_kinds(
+        "boat, ship, sailboat, tugboat, ferry, canoe, raft, yacht, pirate ship, fishing boat",
+        "object",
+        "boat",
+        "sailed",
         "water",
         hands=False,
-        homes=("in a busy harbour", "on a quiet lake", "by a sleepy fishing village"),
-        likes=("sailing in the sunshine", "bobbing on the waves", "carrying people across the bay"),
-        skills=("sail through big waves", "sail in the dark", "steer around the rocks", "sail very fast"),
     ),
-    Kind(
-        "kite",
+    *_kinds("submarine", "object", "boat", "dived, sailed", "water", hands=False),
+    *_kinds("plane, jet, glider, helicopter, seaplane", "object", "aircraft", "flew, zoomed", "sky", hands=False),
+    *_kinds("balloon, hot air balloon, airship", "object", "balloon", "floated, drifted", "sky", hands=False),
+    *_kinds("kite, paper plane", "object", "kite", "flew", "sky", hands=False),
+    *_kinds("rocket, spaceship, flying saucer", "object", "rocket", "flew, zoomed", "space", hands=False),
+    *_kinds("robot", "object", "robot", "rolled, clanked"),
+    *_kinds("teddy bear, doll, rag doll, toy soldier, puppet, toy robot", "object", "toy", "walked, tiptoed"),
+    *_kinds("ball, beach ball, spinning top, toy car, marble", "object", "toy", "rolled, bounced", hands=False),
+    *_kinds("rocking horse", "object", "toy", "rocked, trotted", hands=False),
+    *_kinds(
+        "cloud, raindrop, snowflake, star, rainbow, leaf, sunbeam",
         "object",
-        ("flew",),
+        "sky_thing",
+        "floated, drifted",
         "sky",
         hands=False,
-        homes=("in a cupboard under the stairs", "in a toy shop", "with a family by the sea"),
-        likes=("dancing in the wind", "flying over the hills", "chasing the clouds"),
-        skills=("fly very high", "dance in the wind", "loop the loop", "fly in a gentle breeze"),
     ),
-    Kind(
-        "robot",
-        "object",
-        ("rolled", "clanked"),
-        homes=("in a busy workshop", "in a big city", "in a toy shop", "in a house full of gadgets"),
-        likes=("fixing things", "counting stars", "helping people", "playing chess"),
-        skills=("dance", "bake a cake", "play the piano", "paint", "juggle", "tell jokes", "ride a bike"),
-    ),
-    Kind(
-        "train",
-        "object",
-        ("chugged", "puffed"),
-        hands=False,
-        homes=("at a little station", "in a big engine shed", "in a valley between the hills"),
-        likes=("carrying people to town", "puffing through the hills", "blowing its whistle"),
-        skills=("climb the steep hill", "pull heavy wagons", "whistle a tune", "go through the long tunnel"),
-    ),
-    Kind(
-        "balloon",
-        "object",
-        ("floated", "drifted"),
-        "sky",
-        hands=False,
-        homes=("in a field by the hills", "at a travelling fair", "in a barn by the river"),
-        likes=("floating high in the sky", "looking at the world below", "drifting in the breeze"),
-        skills=("float over the mountains", "land softly", "rise above the clouds"),
-    ),
-    Kind(
-        "tractor",
-        "object",
-        ("rumbled", "drove"),
-        hands=False,
-        homes=("on a busy farm", "in a big red barn", "at the edge of a wheat field"),
-        likes=("working in the fields", "pulling the hay cart", "driving through puddles"),
-        skills=("plough the field", "pull the heavy cart", "drive through the mud", "drive backwards"),
-    ),
-    Kind(
-        "plane",
-        "object",
-        ("flew", "zoomed"),
-        "sky",
-        hands=False,
-        homes=("at a small airport", "in a big hangar", "on a grassy airfield"),
-        likes=("flying through the clouds", "zooming over the sea", "carrying letters"),
-        skills=("fly through the clouds", "land on a tiny island", "loop the loop", "fly at night"),
-    ),
+    *_kinds("snowman", "object", "snow", "waddled, slid"),
+)
+HEROES = (*PEOPLE, *ANIMALS, *OBJECTS)
+# Never in the corpus: eval_tiny.py asks for them to see whether the model can take a subject it never met.
+HELD_OUT_KINDS = (
+    *_kinds("wombat, armadillo, meerkat", "animal", "wild", "walked, ran"),
+    *_kinds("narwhal, platypus", "animal", "sea", "swam", "water"),
+    *_kinds("toucan", "animal", "bird", "flew", "sky"),
 )
 
 DESTINATIONS = {
@@ -467,6 +599,9 @@ DESTINATIONS = {
         "the mountains",
         "the fields",
     ),
+    "space": _list(
+        "the moon, the space station, the red planet, the big crater, the comet, the little planet next door"
+    ),
 }
 FAR_PLACES = {
     "land": (
@@ -492,6 +627,9 @@ FAR_PLACES = {
         "the land beyond the clouds",
         "the great waterfall",
         "the snowy peaks",
+    ),
+    "space": _list(
+        "the edge of the galaxy, a faraway planet, the biggest star in the sky, the rings of a giant planet"
     ),
 }
 SIGHTS = {
@@ -525,11 +663,15 @@ SIGHTS = {
         "a tall church tower",
         "a sparkling lake",
     ),
+    "space": _list(
+        "a shooting star, a blue planet, a silver comet, a ringed planet, a cloud of stardust, a sleepy moon"
+    ),
 }
 SHELTERS = {
     "land": ("an old barn", "a cosy cave", "a hollow tree", "a little shed", "a big tent"),
     "water": ("a quiet harbour", "a sheltered cove", "the boathouse", "a cave by the shore"),
     "sky": ("an old barn", "a garden shed", "a hollow tree", "a church tower"),
+    "space": _list("the space station, a big crater, a moon cave"),
 }
 FRIENDS = {
     "land": (
@@ -551,6 +693,7 @@ FRIENDS = {
     ),
     "water": ("duck", "frog", "otter", "seal", "turtle", "swan", "crab", "fish", "dolphin", "whale"),
     "sky": ("owl", "robin", "sparrow", "butterfly", "bee", "goose", "crow", "ladybird", "seagull"),
+    "space": _list("alien, robot, space dog, moon mouse"),
 }
 LOST_ITEMS = {
     "person": (
@@ -590,13 +733,18 @@ LOST_ITEMS = {
         "cup",
         "toy mouse",
     ),
-    "boat": ("flag", "bell", "anchor", "sail", "lantern"),
-    "kite": ("ribbon", "tail", "bow"),
-    "robot": ("bolt", "battery", "spring", "screwdriver", "wheel"),
-    "train": ("whistle", "bell", "lamp", "carriage"),
-    "balloon": ("basket", "rope", "flag"),
-    "tractor": ("wheel", "trailer", "horn"),
-    "plane": ("propeller", "flag", "lamp"),
+    "road": _list("horn, wheel, lamp, mirror, flag"),
+    "farm_vehicle": _list("wheel, trailer, horn"),
+    "rail": _list("whistle, bell, lamp, carriage"),
+    "boat": _list("flag, bell, anchor, sail, lantern"),
+    "aircraft": _list("propeller, flag, lamp"),
+    "balloon": _list("basket, rope, flag"),
+    "kite": _list("ribbon, tail, bow"),
+    "rocket": _list("antenna, flag, lamp, map"),
+    "robot": _list("bolt, battery, spring, screwdriver, wheel"),
+    "toy": _list("button, ribbon, bow, hat, scarf, bell"),
+    "sky_thing": _list("scarf, hat, ribbon, bell"),
+    "snow": _list("scarf, hat, mitten, button"),
 }
 SPOTS = (
     "under a pile of leaves",
@@ -707,6 +855,7 @@ SCENERY = {  # all plural, to follow "there were"
         "red rooftops",
         "shining rivers",
     ),
+    "space": _list("twinkling stars, sleepy planets, glowing comets, silver moons, shooting stars"),
 }
 HAPPY = ("happy", "glad", "proud", "cheerful", "joyful", "delighted", "thrilled")
 SAD = ("sad", "upset", "gloomy", "unhappy", "worried", "miserable")
@@ -790,12 +939,174 @@ REQUESTS = (
     "Write me a happy story about {}.",
 )
 
+# Asked only by scripts/eval_tiny.py: phrasings the corpus never uses.
+HELD_OUT_REQUESTS = (
+    "Could I have a story about {}?",
+    "Please tell me a story about {}.",
+    "Tell me a tale about {}.",
+    "I'd love to hear a story about {}.",
+)
+
+# Follow-up requests: "new" and "instead" name a subject ("{}"), "another" asks for one more of the same.
+FOLLOW_UPS = {
+    "new": (
+        "Now one about {}.",
+        "Now tell me one about {}.",
+        "Can you tell me one about {}?",
+        "What about {}?",
+        "And now a story about {}.",
+        "Next, one about {}, please.",
+    ),
+    "another": (
+        "Another one, please.",
+        "Tell me another one.",
+        "One more story, please.",
+        "Can I have another one?",
+        "Another story, please!",
+    ),
+    "instead": (
+        "Make it about {} instead.",
+        "Can you make it about {} instead?",
+        "Tell the same story about {} instead.",
+    ),
+}
+HELD_OUT_FOLLOW_UPS = {
+    "new": ("How about one about {} now?", "Now a story about {}, please."),
+    "another": ("One more, please.", "Tell me one more."),
+    "instead": ("Could it be about {} instead?",),
+}
+
+# Questions about the story just told, each with its answers; the fields are the story's own (`Story.facts`).
+QUESTIONS = {
+    "name": (
+        ("What was the {noun}'s name?", ("The {noun}'s name was {call}.", "{call}. That was the {noun}'s name.")),
+        ("What was the name of the {noun}?", ("The {noun} was called {call}.", "The name of the {noun} was {call}.")),
+        ("What was the {noun} called?", ("The {noun} was called {call}.", "It was called {call}.")),
+        ("What is the {noun}'s name?", ("The {noun}'s name is {call}.",)),
+        ("What was the hero's name?", ("The hero's name was {call}.", "The hero was called {call}.")),
+        ("Who was the story about?", ("The story was about {intro}.", "It was about {intro}.")),
+    ),
+    "home": (
+        ("Where did the {noun} live?", ("The {noun} lived {home}.", "{N} lived {home}.")),
+        ("Where did {N} live?", ("{N} lived {home}.",)),
+        ("Where was {N}'s home?", ("{N}'s home was {home}.",)),
+    ),
+    "friend": (
+        ("Who did the {noun} meet?", ("The {noun} met {friend}.", "{N} met {friend}.")),
+        ("Who did {N} meet?", ("{N} met {friend}.",)),
+        ("Who was {N}'s friend in the story?", ("{N}'s friend was {friend}.",)),
+    ),
+    "want": (
+        ("What did the {noun} want?", ("{want}",)),
+        ("What did {N} want?", ("{want}",)),
+        ("What did {N} wish for?", ("{want}",)),
+    ),
+    "end": (
+        ("What happened at the end?", ("In the end, {ending}",)),
+        ("How did the story end?", ("At the end of the story, {ending}",)),
+        ("How did it end?", ("In the end, {ending}",)),
+    ),
+}
+QUESTION_WEIGHTS = {"name": 0.35, "home": 0.15, "friend": 0.15, "want": 0.15, "end": 0.2}
+HELD_OUT_NAME_QUESTIONS = (
+    "Can you remind me what the {noun} was called?",
+    "Tell me the {noun}'s name again.",
+    "What name did the {noun} have?",
+)
+SYSTEM_PROMPTS = (
+    "You are a friendly storyteller for young children.",
+    "You tell short, gentle stories for children.",
+    "You are a kind helper who tells bedtime stories.",
+    "Keep your stories short and happy.",
+    "You are a helpful assistant.",
+    "Answer questions about your stories in one sentence.",
+)
+
+# Short plans for the thought channel, one or two sentences, from the facts the generator chose.
+STORY_THOUGHTS = {
+    "hero": (
+        "The user wants a story about {subject}. I will call the {noun} {call} and let {him} meet {a_fnoun}.",
+        "The user asked for a story about {subject}. It will be about {topic}, and the {noun} will be called {call}.",
+    ),
+    "topic": (
+        "The user wants a story about {subject}. My hero will be {intro}.",
+        "The user asked for a story about {subject}. I will tell it with {intro} as the hero.",
+    ),
+    "generic": (
+        "The user did not say what the story should be about. I will tell one about {topic}, with {intro} as the hero.",
+    ),
+    "new": (
+        "The user now wants a story about {subject}. I will call the {noun} {call} and tell a story about {topic}.",
+    ),
+    "another": (
+        "The user wants another story about {a_noun}. This time the {noun} will be called {call}, and the story will "
+        "be about {topic}.",
+    ),
+    "another_any": ("The user wants another story. This one will be about {topic}, with {intro} as the hero.",),
+    "instead": ("The user wants the same story about {topic}, but with {subject}. I will call the {noun} {call}.",),
+}
+QUESTION_THOUGHTS = {
+    "name": "The user asks for the name of the {noun} in my story. It was {call}.",
+    "home": "The user asks where {N} lived. In my story, {N} lived {home}.",
+    "friend": "The user asks whom {N} met. In my story, it was {friend}.",
+    "want": "The user asks what {N} wanted. I will answer from the start of my story.",
+    "end": "The user asks how my story ended. I will tell the last part again.",
+}
+
+# Places a "trip to ..." story can visit, by realm: (place, what the hero saw there, what they did there).
+PLACES = {
+    "land": (
+        ("the beach", "shells, crabs and big sandcastles", "built a sandcastle and paddled in the sea"),
+        ("the zoo", "lions, monkeys and a tall giraffe", "watched the penguins have their lunch"),
+        ("the farm", "cows, pigs and fluffy sheep", "fed the hens and collected the eggs"),
+        ("the park", "swings, slides and a duck pond", "played on the swings"),
+        ("the circus", "clowns, jugglers and a big red tent", "watched the acrobats fly through the air"),
+        ("the funfair", "a big wheel and bright lights", "rode on the merry-go-round"),
+        ("the castle", "tall towers and a big wooden gate", "explored the old towers"),
+        ("the jungle", "tall trees, bright flowers and noisy parrots", "swung on the long green vines"),
+        ("the mountains", "snowy peaks and deep valleys", "climbed all the way to the top"),
+        ("the city", "tall buildings and busy streets", "rode on a red bus"),
+        ("the library", "shelves full of books", "read stories together"),
+        ("the museum", "old bones and shiny gold crowns", "looked at the dinosaur bones"),
+        ("the desert", "golden sand and tall cactus plants", "watched the sun set over the dunes"),
+        ("the seaside", "boats, seagulls and a long pier", "ate ice cream on the pier"),
+        ("the swimming pool", "a big blue pool and a water slide", "splashed down the water slide"),
+    ),
+    "water": (
+        ("the beach", "shells, crabs and big sandcastles", "looked for shells in the sand"),
+        ("the island", "palm trees and a sandy beach", "looked for shells on the sand"),
+        ("the lighthouse", "a tall white tower with a bright light", "watched the boats come home"),
+        ("the harbour", "fishing boats and busy seagulls", "counted the boats"),
+        ("the seaside", "boats, seagulls and a long pier", "raced the waves"),
+    ),
+    "sky": (
+        ("the mountains", "snowy peaks and deep valleys", "looked down at the tiny villages"),
+        ("the castle", "tall towers and a big wooden gate", "circled the tallest tower"),
+        ("the city", "tall buildings and busy streets", "counted the rooftops"),
+        ("the beach", "shells, crabs and big sandcastles", "watched the waves roll in"),
+        ("the seaside", "boats, seagulls and a long pier", "raced the seagulls"),
+    ),
+    "space": (
+        ("the moon", "grey dust and deep craters", "bounced across the dusty ground"),
+        ("space", "bright stars and spinning planets", "raced a shooting star"),
+        ("the red planet", "red rocks and tall red hills", "looked for little red stones"),
+        ("the stars", "thousands of twinkling stars", "counted the stars"),
+    ),
+}
+EARTH = ("land", "water", "sky")  # plots that need weather, soil or a pond happen here, not in space
+
 
 @dataclass(frozen=True)
 class Plot:
     topic: str  # how a request names this plot; every word of it occurs in each story of the plot
     beats: tuple[tuple[str, ...], ...]  # one alternative per beat, in order; "" skips the beat
+    want: str  # what the hero wanted, true of every story of the plot
     needs_hands: bool = False
+    realms: tuple[str, ...] = (*EARTH, "space")
+    aliases: tuple[str, ...] = ()  # other names for the topic, under the same rule
+
+    def suits(self, kind: Kind) -> bool:
+        return (kind.hands or not self.needs_hands) and kind.realm in self.realms
 
 
 PLOTS = (
@@ -833,6 +1144,7 @@ PLOTS = (
                 "From then on, {N} kept the {item} safe.",
             ),
         ),
+        want="{N} wanted to find {his} lost {item}.",
     ),
     Plot(
         "a new friend",
@@ -860,6 +1172,7 @@ PLOTS = (
                 "After that, {both} met at {dest} every single day.",
             ),
         ),
+        want="{N} wanted a new friend.",
     ),
     Plot(
         "a long journey",
@@ -892,6 +1205,7 @@ PLOTS = (
                 "",
             ),
         ),
+        want="{N} wanted to see {far}.",
     ),
     Plot(
         "a big storm",
@@ -916,6 +1230,8 @@ PLOTS = (
             ),
             ("{F} thanked {N} for being so brave.", "{both} became good friends after that.", ""),
         ),
+        want="{N} wanted to keep {F} safe from the storm.",
+        realms=EARTH,
     ),
     Plot(
         "a big race",
@@ -940,6 +1256,7 @@ PLOTS = (
             ),
             ("", "It was the best race ever.", "{N} learned that having fun was more important than winning."),
         ),
+        want="{N} wanted to win the big race.",
     ),
     Plot(
         "helping a friend",
@@ -965,6 +1282,8 @@ PLOTS = (
                 "Helping a friend had made it a wonderful day.",
             ),
         ),
+        want="{N} wanted to help {F}.",
+        realms=EARTH,
     ),
     Plot(
         "learning to {skill}",
@@ -989,6 +1308,7 @@ PLOTS = (
             ("At last, {N} could {skill}!", "One day, {he} could finally {skill}."),
             ("{He} felt so {happy}.", "{N} {was} very proud of {self}.", "Everyone clapped and cheered.", ""),
         ),
+        want="{N} wanted to learn to {skill}.",
     ),
     Plot(
         "a surprise party",
@@ -1011,6 +1331,7 @@ PLOTS = (
             ("They ate cake and danced {until}.", "They played games and sang songs {until}."),
             ("It was the best party ever.", "{F} said it was the best birthday of {fhis} life.", ""),
         ),
+        want="{N} wanted to give {F} a surprise party.",
     ),
     Plot(
         "a dark night",
@@ -1041,6 +1362,8 @@ PLOTS = (
             ("{N} saw that the night was beautiful.", "", "{N} felt calm and safe."),
             ("After that night, {N} {was} never afraid of the dark again.", "{He} went back to sleep with a smile."),
         ),
+        want="{N} wanted to be brave in the dark.",
+        realms=EARTH,
     ),
     Plot(
         "a special present",
@@ -1064,6 +1387,7 @@ PLOTS = (
             ),
         ),
         needs_hands=True,
+        want="{N} wanted to make a special present for {F}.",
     ),
     Plot(
         "a tiny seed",
@@ -1082,6 +1406,8 @@ PLOTS = (
             ("{N} felt so {happy}.", "{N} shared the flowers with all {his} friends.", ""),
         ),
         needs_hands=True,
+        want="{N} wanted the tiny seed to grow.",
+        realms=EARTH,
     ),
     Plot(
         "a snowy day",
@@ -1107,6 +1433,8 @@ PLOTS = (
             ("It was the best snowy day ever.", "{N} hoped it would snow again the next day.", ""),
         ),
         needs_hands=True,
+        want="{N} wanted to play in the snow.",
+        realms=EARTH,
     ),
     Plot(
         "a treasure map",
@@ -1132,6 +1460,98 @@ PLOTS = (
             ("{both} shared the treasure with everyone in the village.", "They laughed all the way home.", ""),
         ),
         needs_hands=True,
+        want="{N} wanted to find the treasure on the old map.",
+    ),
+    Plot(
+        "a rainy day",
+        (
+            (
+                "{Plain}, it was a rainy day, and big drops fell on {dest}.",
+                "It was a rainy day, and the rain went pitter-patter all morning.",
+            ),
+            ("{N} felt {sad}, because {he} could not play outside.", "{N} looked out at the grey sky and sighed.", ""),
+            (
+                'Then {friend} came by and said, "Let us play in the rain!"',
+                "Then {he} saw {friend} splashing in a puddle.",
+            ),
+            (
+                "So {he} {move} outside, and they jumped in every puddle they could find.",
+                "They splashed in the puddles and sailed little paper boats.",
+            ),
+            ("", "Soon they were wet from head to toe, but they did not mind.", "They laughed and laughed."),
+            (
+                "When the rain stopped, a bright rainbow shone over {dest}.",
+                "At last, the sun came out, and a rainbow appeared in the sky.",
+            ),
+            ("{N} learned that a rainy day can be fun too.", "It was the best rainy day ever.", ""),
+        ),
+        needs_hands=True,
+        want="{N} wanted to play outside on the rainy day.",
+        realms=EARTH,
+    ),
+    Plot(
+        "a windy day",
+        (
+            (
+                "{Plain}, it was a windy day, and the trees were swaying.",
+                "It was a windy day, and the wind whooshed around {dest}.",
+            ),
+            (
+                "Suddenly, a big gust blew {his} {colour} {item} away!",
+                "Whoosh! The wind took {his} {colour} {item} and carried it high into the air.",
+            ),
+            ("{N} {move} after it as fast as {he} could.", "{N} chased it past {dest} and {dest2}."),
+            ("On the way, {he} met {friend}, who wanted to help.", "{Friend} saw what happened and came to help.", ""),
+            (
+                "At last, the {item} landed {spot}, and {N} found it there.",
+                "Finally, the wind dropped, and the {item} fell gently {spot}.",
+            ),
+            ("{N} kept the {item} close all the way home.", "{N} laughed, because it had been a big adventure.", ""),
+        ),
+        want="{N} wanted to get {his} {item} back from the wind.",
+        realms=EARTH,
+    ),
+    Plot(
+        "a sunny day",
+        (
+            ("{Plain}, it was a hot, sunny day.", "It was a sunny day, and the sun shone brightly over {dest}."),
+            ("{N} felt very hot, so {he} went to find somewhere cool.", "{N} wanted to find a way to cool down."),
+            (
+                "{He} {move} to {dest}, where {he} met {friend}.",
+                "Near {dest}, {he} found {friend} resting in the shade.",
+            ),
+            (
+                "Together, they splashed in the cool water and ate {food}.",
+                "They rested under a big tree and shared some ice cream.",
+                "They had a picnic in the shade and ate {food}.",
+            ),
+            ("When the sun went down, the air grew cool and calm.", "In the evening, a soft breeze began to blow."),
+            ("{N} thought it was the best sunny day of the summer.", "{N} went home tired and {happy}.", ""),
+        ),
+        want="{N} wanted to find somewhere cool on the hot day.",
+        realms=EARTH,
+    ),
+    Plot(
+        "a trip to {place}",
+        (
+            (
+                "{When}, {N} went on a trip to {place}.",
+                "{N} had always wanted to see {place}, so one day {he} went on a trip to {place}.",
+            ),
+            ("{He} {move} all the way there, feeling {happy}.", "The way was long, but {N} did not mind.", ""),
+            ("When {he} got to {place}, {he} saw {place_sight}.", "There {he} saw {place_sight}."),
+            (
+                "{He} met {friend}, and together they {place_fun}.",
+                "{Friend} showed {him} around, and they {place_fun}.",
+            ),
+            ("", "{N} laughed and laughed.", "It was even better than {he} had imagined."),
+            (
+                "At the end of the day, {N} went home and dreamed about {place}.",
+                "{N} promised to visit {place} again soon.",
+            ),
+        ),
+        want="{N} wanted to see {place}.",
+        aliases=("{place}",),
     ),
 )
 
@@ -1139,6 +1559,7 @@ PLOTS = (
 @dataclass(frozen=True)
 class Character:
     name: str  # how the story refers to it after the introduction
+    call: str  # the name of the one its noun names: "Mia" of "Mia and Biscuit", whose noun is "girl"
     intro: str  # first mention, e.g. "a brave little boat named Bobby"
     requests: tuple[str, ...]  # ways to ask for it; every word of each occurs in the intro
     pronoun: Pronoun
@@ -1150,66 +1571,90 @@ class Character:
         return self.kind.realm
 
 
-def _a(phrase: str) -> str:
-    """Prefix the right indefinite article."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+@dataclass(frozen=True)
+class Story:
+    text: str
+    hero: Character
+    plot: Plot
+    facts: dict[str, str]  # every field the templates filled, plus the topic and what a question can ask
+    aliases: tuple[str, ...]  # the plot's other topic names, filled in
+    friend_in_story: bool  # the friend it drew is introduced in it (some plots leave the friend out)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    user: str
+    model: str
+    thought: str  # the plan written in the thought channel when the conversation thinks
+
+
+def article(phrase: str) -> str:
+    """Prefix the right indefinite article: "an owl", "a unicorn"."""
+    vowel = phrase[0] in "aeiou" and not phrase.startswith(("uni", "use", "eu", "one"))
+    return ("an " if vowel else "a ") + phrase
 
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _person(rng: random.Random) -> Character:
-    kind = rng.choice(PEOPLE)
-    pronoun, names = (SHE, GIRL_NAMES) if kind.noun == "girl" else (HE, BOY_NAMES)
-    name, trait = rng.choice(names), rng.choice(TRAITS)
-    full = f"{_a(trait)} {kind.noun} named {name}"
-    if rng.random() < 0.5:
-        return Character(name, full, (full, name), pronoun, kind, trait)
-    return Character(name, name, (name,), pronoun, kind, trait)
+def _person(rng: random.Random, kind: Kind) -> Character:
+    pronoun = kind.pronoun or rng.choice((HE, SHE))
+    name, trait = rng.choice(GIRL_NAMES if pronoun is SHE else BOY_NAMES), rng.choice(TRAITS)
+    full = f"{article(trait)} {kind.noun} named {name}"
+    roll = rng.random()
+    if roll < 0.5:
+        requests = (full, article(kind.noun), article(f"{trait} {kind.noun}"), name)
+        return Character(name, name, full, requests, pronoun, kind, trait)
+    if kind.noun in ("girl", "boy"):  # a child is often introduced by name alone
+        return Character(name, name, name, (name,), pronoun, kind, trait)
+    intro = f"{name} the {kind.noun}"
+    return Character(name, name, intro, (intro, article(kind.noun)), pronoun, kind, trait)
 
 
 def _person_and_pet(rng: random.Random) -> Character:
-    person = _person(rng)
+    person = _person(rng, rng.choice(PEOPLE[:2]))
     pet, pet_name = rng.choice(PETS), rng.choice(CRITTER_NAMES)
     short = f"{person.name} and {person.pronoun.poss} {pet}"
     intro = f"{short} {pet_name}"
-    return Character(f"{person.name} and {pet_name}", intro, (short, intro), THEY, person.kind, person.trait)
+    name = f"{person.name} and {pet_name}"
+    return Character(name, person.name, intro, (short, intro), THEY, person.kind, person.trait)
 
 
-def _creature(rng: random.Random, kinds: tuple[Kind, ...], looks: tuple[str, ...]) -> Character:
+def _creature(rng: random.Random, kind: Kind) -> Character:
     """An animal or a thing with a name, introduced as "a shiny red kite named Zip" or "Zip the red kite"."""
-    kind, name, trait = rng.choice(kinds), rng.choice(CRITTER_NAMES), rng.choice(TRAITS)
-    look = rng.choice(looks)
+    name, trait = rng.choice(CRITTER_NAMES), rng.choice(TRAITS)
+    look = rng.choice(LOOKS.get(kind.group) or LOOKS[kind.category])
     adjectives = rng.choice(("", trait, look, f"{trait} little", f"{trait} {look}"))
     described = f"{adjectives} {kind.noun}".strip()
     pronoun = IT if kind.category == "object" else rng.choice((HE, SHE))
     if rng.random() < 0.3:
         intro = f"{name} the {described}"
-        requests = (intro, f"{name} the {kind.noun}")
+        requests = (intro, f"{name} the {kind.noun}", article(kind.noun))
     else:
-        intro = f"{_a(described)} named {name}"
-        requests = (intro, _a(described)) if adjectives else (intro,)
-    return Character(name, intro, requests, pronoun, kind, trait)
+        intro = f"{article(described)} named {name}"
+        requests = (intro, article(described), article(kind.noun))
+    return Character(name, name, intro, tuple(dict.fromkeys(requests)), pronoun, kind, trait)
 
 
-def _hero(rng: random.Random) -> Character:
-    roll = rng.random()
-    if roll < 0.3:
-        return _person(rng)
-    if roll < 0.42:
-        return _person_and_pet(rng)
-    if roll < 0.75:
-        return _creature(rng, ANIMALS, ANIMAL_LOOKS)
-    return _creature(rng, OBJECTS, OBJECT_LOOKS)
+def make_hero(rng: random.Random, kind: Kind | None = None) -> Character:
+    """A hero of `kind`, or of any kind: every noun of HEROES about equally often, children a little more."""
+    if kind is None:
+        roll = rng.random()
+        if roll < 0.08:
+            return _person_and_pet(rng)
+        kind = rng.choice(PEOPLE[:2]) if roll < 0.2 else rng.choice(HEROES)
+    return _person(rng, kind) if kind.category == "person" else _creature(rng, kind)
 
 
 def _friend(rng: random.Random, hero: Character) -> Character:
     noun = rng.choice(FRIENDS[hero.realm])
     name = rng.choice([n for n in CRITTER_NAMES if n not in hero.name.split()])
     adjective = rng.choice(TRAITS + ANIMAL_LOOKS)
-    kind = Kind(noun, "animal", ("went",), hero.realm)
-    return Character(name, f"{_a(adjective)} {noun} named {name}", (), rng.choice((HE, SHE)), kind, adjective)
+    kind = Kind(noun, "animal", "forest", ("went",), hero.realm)
+    return Character(
+        name, name, f"{article(adjective)} {noun} named {name}", (), rng.choice((HE, SHE)), kind, adjective
+    )
 
 
 def _story_fields(rng: random.Random, hero: Character, friend: Character) -> dict[str, str]:
@@ -1219,10 +1664,14 @@ def _story_fields(rng: random.Random, hero: Character, friend: Character) -> dic
     sight, sight2 = rng.sample(SIGHTS[hero.realm], 2)
     activity, activity2 = rng.sample(ACTIVITIES, 2)
     scenery, scenery2 = rng.sample(SCENERY[hero.realm], 2)
+    place, place_sight, place_fun = rng.choice(PLACES[hero.realm])
     colour = rng.choice(COLOURS)
-    item = rng.choice(LOST_ITEMS.get(kind.noun) or LOST_ITEMS[kind.category])
+    item = rng.choice(LOST_ITEMS.get(kind.group) or LOST_ITEMS[kind.category])
     return {
         "N": hero.name,
+        "call": hero.call,
+        "noun": kind.noun,
+        "a_noun": article(kind.noun),
         "intro": hero.intro,
         "Intro": _cap(hero.intro),
         "trait": hero.trait,
@@ -1236,14 +1685,15 @@ def _story_fields(rng: random.Random, hero: Character, friend: Character) -> dic
         "friend": friend.intro,
         "Friend": _cap(friend.intro),
         "fnoun": friend.kind.noun,
+        "a_fnoun": article(friend.kind.noun),
         "fhe": fp.subj,
         "fhim": fp.obj,
         "fhis": fp.poss,
         "both": " and ".join((hero.name.replace(" and ", ", "), friend.name)),
         "move": rng.choice(kind.moves),
-        "home": rng.choice(kind.homes or DEFAULT_HOMES[kind.category]),
-        "like": rng.choice(kind.likes or DEFAULT_LIKES[kind.category]),
-        "skill": rng.choice(kind.skills or DEFAULT_SKILLS[kind.category]),
+        "home": rng.choice(HOMES[kind.group]),
+        "like": rng.choice(LIKES.get(kind.group) or LIKES[kind.category]),
+        "skill": rng.choice(SKILLS.get(kind.group) or SKILLS[kind.category]),
         "When": rng.choice((f"One {rng.choice(DAY_WORDS)} {rng.choice(TIMES)}", *PLAIN_WHENS)),
         "Plain": rng.choice(PLAIN_WHENS),
         "until": rng.choice(UNTILS),
@@ -1253,10 +1703,13 @@ def _story_fields(rng: random.Random, hero: Character, friend: Character) -> dic
         "sight2": sight2,
         "far": rng.choice(FAR_PLACES[hero.realm]),
         "shelter": rng.choice(SHELTERS[hero.realm]),
+        "place": place,
+        "place_sight": place_sight,
+        "place_fun": place_fun,
         "colour": colour,
         "item": item,
-        "a_item": _a(f"{colour} {item}"),
-        "a_hat": _a(f"{colour} hat"),
+        "a_item": article(f"{colour} {item}"),
+        "a_hat": article(f"{colour} hat"),
         "spot": rng.choice(SPOTS),
         "fitem": rng.choice(LOST_ITEMS["animal"]),
         "activity": activity,
@@ -1280,39 +1733,132 @@ def _count_sentences(text: str) -> int:
     return len(re.findall(r'[.!?]"?(?=\s+[A-Z"]|$)', text))
 
 
-def _render(rng: random.Random, beats: tuple[tuple[str, ...], ...], fields: dict[str, str]) -> str:
-    sentences = (rng.choice(alternatives) for alternatives in beats)
-    return " ".join(s.format_map(fields) for s in sentences if s)
+def _render(rng: random.Random, beats: tuple[tuple[str, ...], ...], fields: dict[str, str]) -> list[str]:
+    """One sentence per beat ("" where the beat is skipped)."""
+    return [rng.choice(alternatives).format_map(fields) for alternatives in beats]
 
 
 def _fits(story: str) -> bool:
     return MIN_WORDS <= len(story.split()) <= MAX_WORDS and MIN_SENTENCES <= _count_sentences(story) <= MAX_SENTENCES
 
 
-def _record(rng: random.Random) -> dict[str, str]:
-    hero = _hero(rng)
+def tell(rng: random.Random, hero: Character, plot: Plot | None = None) -> Story:
+    """A story about `hero` (its plot drawn unless given) and the facts a question about it can ask for."""
     friend = _friend(rng, hero)
-    plot = rng.choice([p for p in PLOTS if hero.kind.hands or not p.needs_hands])
+    plot = plot or rng.choice([p for p in PLOTS if p.suits(hero.kind)])
     fields = _story_fields(rng, hero, friend)
     beats = (INTROS, DETAILS, *plot.beats, ENDINGS)
-    story = _render(rng, beats, fields)
-    while not _fits(story):  # a few beat combinations run long or short: draw the beats again
-        story = _render(rng, beats, fields)
-    prompt = ""
-    if rng.random() < CHAT_FRACTION:
-        subject = rng.choice(hero.requests) if rng.random() < 0.6 else plot.topic.format_map(fields)
-        prompt = rng.choice(REQUESTS).format(subject)
-    return {"prompt": prompt, "story": story}
+    sentences = _render(rng, beats, fields)
+    while not _fits(" ".join(filter(None, sentences))):  # a few beat combinations run long or short: draw again
+        sentences = _render(rng, beats, fields)
+    text = " ".join(filter(None, sentences))
+    # "In the end, ..." retells the plot's last sentence that is not speech; lower-cased unless it opens with a name.
+    last = [s for s in sentences[2:-1] if s and not s.startswith('"')][-1]
+    named = last.split()[0].strip(",") in {*hero.name.split(), friend.name}
+    facts = fields | {
+        "topic": plot.topic.format_map(fields),
+        "want": plot.want.format_map(fields),
+        "ending": last if named else last[0].lower() + last[1:],
+    }
+    aliases = tuple(alias.format_map(fields) for alias in plot.aliases)
+    return Story(text, hero, plot, facts, aliases, fields["friend"] in text)
 
 
-def iter_stories(count: int, seed: int) -> Iterator[dict[str, str]]:
+def _thought(rng: random.Random, kind: str, story: Story, subject: str = "") -> str:
+    # A plan to meet the friend only where the story does: a thought must not promise what the answer leaves out.
+    plans = [t for t in STORY_THOUGHTS[kind] if story.friend_in_story or "{a_fnoun}" not in t]
+    return rng.choice(plans).format_map(story.facts | {"subject": subject})
+
+
+def _subject(rng: random.Random, hero: Character) -> str:
+    """How a follow-up names a hero: mostly plainly ("a bear"), where the story's intro names its kind, else as a
+    first request would (a child introduced by name alone is asked for by name)."""
+    plain = article(hero.kind.noun)
+    return plain if plain in hero.requests and rng.random() < 0.7 else rng.choice(hero.requests)
+
+
+def _first_request(rng: random.Random, story: Story) -> tuple[Exchange, Kind | None]:
+    """The opening request and its plan; the kind it asked for, if it named one ("Another one" keeps to it)."""
+    hero, facts = story.hero, story.facts
+    roll = rng.random()
+    if roll >= CHAT_FRACTION:  # no subject: the trainer fills in a generic request
+        return Exchange("", story.text, _thought(rng, "generic", story)), None
+    if roll < 0.4 * CHAT_FRACTION:
+        subject = rng.choice((facts["topic"], *story.aliases))
+        return Exchange(rng.choice(REQUESTS).format(subject), story.text, _thought(rng, "topic", story, subject)), None
+    if roll < 0.55 * CHAT_FRACTION and facts["a_noun"] in hero.requests:
+        subject = f"{facts['a_noun']} and {facts['topic']}"  # "a fox and a big storm"
+    else:
+        subject = rng.choice(hero.requests)
+    return Exchange(rng.choice(REQUESTS).format(subject), story.text, _thought(rng, "hero", story, subject)), hero.kind
+
+
+def _follow_up(rng: random.Random, last: Story, asked: Kind | None) -> tuple[Exchange, Story, Kind | None]:
+    """A request for another story: about a new subject, one more of the same, or the last plot with a new hero."""
+    roll = rng.random()
+    if roll < 0.3:
+        hero = make_hero(rng, asked)
+        story = tell(rng, hero)
+        kind = "another" if asked else "another_any"
+        return Exchange(rng.choice(FOLLOW_UPS["another"]), story.text, _thought(rng, kind, story)), story, asked
+    if roll < 0.55:
+        hero = make_hero(rng, rng.choice([k for k in HEROES if last.plot.suits(k)]))
+        story, kind = tell(rng, hero, last.plot), "instead"
+    else:
+        hero = make_hero(rng, rng.choice(HEROES))
+        story, kind = tell(rng, hero), "new"
+    subject = _subject(rng, hero)
+    user = rng.choice(FOLLOW_UPS[kind]).format(subject)
+    return Exchange(user, story.text, _thought(rng, kind, story, subject)), story, hero.kind
+
+
+def _question(rng: random.Random, story: Story) -> Exchange:
+    """A question about `story`, answered from what the generator put in it."""
+    kinds = [k for k in QUESTION_WEIGHTS if k != "friend" or story.friend_in_story]
+    kind = rng.choices(kinds, [QUESTION_WEIGHTS[k] for k in kinds])[0]
+    question, answers = rng.choice(QUESTIONS[kind])
+    facts = story.facts
+    return Exchange(
+        _cap(question.format_map(facts)),
+        _cap(rng.choice(answers).format_map(facts)),
+        QUESTION_THOUGHTS[kind].format_map(facts),
+    )
+
+
+def _record(rng: random.Random) -> dict[str, object]:
+    think = rng.random() < THINK_FRACTION
+    conversation = rng.random() < CONVERSATION_FRACTION
+    system = rng.choice(SYSTEM_PROMPTS) if rng.random() < SYSTEM_FRACTION else ""
+    story = tell(rng, make_hero(rng))
+    first, asked = _first_request(rng, story)
+    exchanges = [first]
+    told = True  # the last answer told a story
+    for _ in range(rng.randint(1, MAX_EXCHANGES - 1) if conversation else 0):
+        if rng.random() < (0.55 if told else 0.4):
+            exchanges.append(_question(rng, story))
+            told = False
+        else:
+            exchange, story, asked = _follow_up(rng, story, asked)
+            exchanges.append(exchange)
+            told = True
+    record: dict[str, object] = {"prompt": first.user, "story": first.model}
+    if system:
+        record["system"] = system
+    if len(exchanges) > 1:
+        record["turns"] = [{"user": e.user, "model": e.model} for e in exchanges[1:]]
+    if think:
+        record["thoughts"] = [e.thought for e in exchanges]
+    return record
+
+
+def iter_stories(count: int, seed: int) -> Iterator[dict[str, object]]:
     """Yield `count` records; the same seed always yields the same records."""
     rng = random.Random(seed)
     for _ in range(count):
         yield _record(rng)
 
 
-def generate_stories(count: int, seed: int) -> list[dict[str, str]]:
+def generate_stories(count: int, seed: int) -> list[dict[str, object]]:
     return list(iter_stories(count, seed))
 
 
@@ -1325,10 +1871,20 @@ def main() -> None:
 
     start = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    turns = conversations = thinking = 0
     with args.out.open("w", encoding="utf-8") as f:
         for record in iter_stories(args.count, args.seed):
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"wrote {args.count} stories to {args.out} in {time.perf_counter() - start:.1f}s")
+            later = len(record.get("turns", ()))
+            turns, conversations, thinking = (
+                turns + 1 + later,
+                conversations + bool(later),
+                thinking + ("thoughts" in record),
+            )
+    print(
+        f"wrote {args.count} records ({conversations} conversations, {turns} model answers, {thinking} with thoughts) "
+        f"to {args.out} in {time.perf_counter() - start:.1f}s"
+    )
 
 
 if __name__ == "__main__":

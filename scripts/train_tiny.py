@@ -1,17 +1,18 @@
 """Train dgemma-tiny: the DiffusionGemma architecture, scaled down, on the generated story corpus.
 
-The objective is DiffusionGemma's own (block diffusion with uniform-state noise): a prefix (the chat prompt
-and any earlier canvases of the answer) is encoded causally, and the next canvas, corrupted by replacing each
-token with a uniform random one at a random rate, is denoised bidirectionally over the prefix's keys.
-Cross-entropy over the canvas. Half of the steps train self-conditioning: a first pass without it, whose
+The objective is DiffusionGemma's own (block diffusion with uniform-state noise): a prefix (the conversation up to
+a model answer, and any earlier canvases of that answer) is encoded causally, and the next canvas, corrupted by
+replacing each token with a uniform random one at a random rate, is denoised bidirectionally over the prefix's
+keys. Cross-entropy over the canvas. Half of the steps train self-conditioning: a first pass without it, whose
 tempered softmax feeds a second pass that carries the loss. The model is the runtime's own `DiffusionGemma`,
 over `SequenceKV`.
 
-    python scripts/make_story_corpus.py && python scripts/train_tokenizer.py   # corpus and tokenizer first
-    python scripts/train_tiny.py --minutes 40                                  # resumes if interrupted
+    python scripts/make_story_corpus.py    # the corpus first (train_tokenizer.py only for a new tokenizer.json)
+    python scripts/train_tiny.py --minutes 40                                              # resumes if interrupted
     python scripts/train_tiny.py --device cuda --minutes 6.3 --batch-size 256 --lr 3e-3   # the shipped model
+    python scripts/eval_tiny.py --model dgemma_cli/builtin/dgemma-tiny                     # then measure it
 
-The shipped weights come from that last line, from scratch on one H200 (2,700 steps; it shared the GPU with a
+The shipped weights come from the third line, from scratch on one H200 (2,700 steps; it shared the GPU with a
 second run); two hours on 2 CPU cores at the defaults reach about twice its held-out loss.
 
 Writes config.json, generation_config.json and model.safetensors (bf16) next to tokenizer.json in --out;
@@ -32,16 +33,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dgemma_runtime import Message, Tokenizer, load
+from dgemma_kernels import backend as kernels
+from dgemma_runtime import Message, Tokenizer, load, render_chat, render_follow_up
 from dgemma_runtime.cache import SequenceKV
 from dgemma_runtime.config import parse_config
 from dgemma_runtime.model import DiffusionGemma
+from dgemma_runtime.tokenizer import CHANNEL_CLOSE, CHANNEL_OPEN, THOUGHT_LABEL
 from dgemma_runtime.weights import DECODER, ENCODER_LAYERS
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: default corpus, work and output folders
 
 CANVAS = 64
+SESSION_FRACTION = 0.5  # conversations whose follow-up prefixes are written as a session's cache holds them
 GENERIC_REQUESTS = (
     "Tell me a story.",
     "Tell me a bedtime story.",
@@ -109,26 +113,53 @@ GENERATION_CONFIG = {
 
 
 def examples(records: list[dict], tokenizer: Tokenizer, seed: int) -> dict[int, list[tuple[list[int], list[int]]]]:
-    """(prefix, canvas) pairs, bucketed by prefix length so a batch needs no padding: one pair per canvas
-    of each answer, the answer ending with <turn|> and pad after it."""
+    """(prefix, canvas) pairs, bucketed by prefix length so a batch needs no padding: one pair per canvas of each
+    model answer (its thought first when the record thinks), the answer ending with <turn|> and pad after it.
+
+    The loss falls on answers only: everything before one is its prefix. That prefix is the conversation as
+    `render_chat` writes it (earlier thoughts dropped), or, for SESSION_FRACTION of the conversations, as a
+    `Session`'s cache holds it after the REPL's turns: each earlier answer as the model said it, after its
+    generation prompt (the empty thought channel, or the thought itself), then `render_follow_up`. The two differ
+    by those tokens; training on both keeps a follow-up working on either path."""
     rng = random.Random(seed)
     turn_close = tokenizer.turn_close
     buckets: dict[int, list[tuple[list[int], list[int]]]] = defaultdict(list)
     for record in records:
-        request = record["prompt"] or rng.choice(GENERIC_REQUESTS)
-        prompt = tokenizer.chat([Message("user", request)])
-        answer = [*tokenizer.encode(record["story"]), turn_close]
-        answer += [0] * (-len(answer) % CANVAS)
-        for start in range(0, len(answer), CANVAS):
-            prefix = prompt + answer[:start]
-            buckets[len(prefix)].append((prefix, answer[start : start + CANVAS]))
+        think = "thoughts" in record
+        said = [(record["prompt"] or rng.choice(GENERIC_REQUESTS), record["story"])]
+        said += [(turn["user"], turn["model"]) for turn in record.get("turns", ())]
+        thoughts = record.get("thoughts") or [None] * len(said)
+        as_session = len(said) > 1 and rng.random() < SESSION_FRACTION
+        history = [Message("system", record["system"])] if record.get("system") else []
+        # The history as render_chat writes it (no generation prompt) and its ids, grown turn by turn: each turn
+        # encodes only its new text, which starts at a special token, where encoding the whole would split it too.
+        rendered, history_ids = "", []
+        cache: list[int] = []  # the conversation so far as a session holds it
+        for k, ((user, answer), thought) in enumerate(zip(said, thoughts, strict=True)):
+            if k and as_session:
+                prompt = cache + tokenizer.encode(render_follow_up(user, think=think))
+            else:
+                chat = render_chat([*history, Message("user", user)], think=think)
+                prompt = history_ids + tokenizer.encode(chat[len(rendered) :])
+            text = answer if thought is None else f"{CHANNEL_OPEN}{THOUGHT_LABEL}{thought}{CHANNEL_CLOSE}{answer}"
+            target = [*tokenizer.encode(text), turn_close]
+            cache = prompt + target
+            history += [Message("user", user), Message("model", answer)]
+            grown = render_chat(history, think=think, add_generation_prompt=False)
+            history_ids, rendered = history_ids + tokenizer.encode(grown[len(rendered) :]), grown
+            target += [0] * (-len(target) % CANVAS)
+            for start in range(0, len(target), CANVAS):
+                prefix = prompt + target[:start]
+                buckets[len(prefix)].append((prefix, target[start : start + CANVAS]))
     return buckets
 
 
 def batches(buckets: dict, batch_size: int, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches: a bucket drawn in proportion to its size, then pairs from it."""
+    """Endless batches: a bucket, then pairs from it. A bucket smaller than a batch gives a smaller batch, so it is
+    drawn as if it held a full one: every pair comes up equally often, the long prefixes of late conversation
+    turns (which spread over many small buckets) as much as the short ones."""
     lengths = sorted(buckets)
-    weights = [len(buckets[n]) for n in lengths]
+    weights = [max(len(buckets[n]), batch_size) for n in lengths]
     while True:
         bucket = buckets[rng.choices(lengths, weights)[0]]
         picked = [bucket[rng.randrange(len(bucket))] for _ in range(min(batch_size, len(bucket)))]
@@ -260,6 +291,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    kernels.enabled = False  # training needs PyTorch's ops: the GPU kernels compute forward passes only
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(args.out / "tokenizer.json")
     vocab_size = math.ceil(tokenizer.vocab_size / 64) * 64

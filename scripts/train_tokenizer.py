@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -52,12 +53,15 @@ def chat_text(prompt: str, story: str) -> str:
     return f"<bos><|turn>user\n{prompt}<turn|>\n<|turn>model\n<|channel>thought\n<channel|>{story}<turn|>"
 
 
-def training_texts(records: Iterable[dict[str, str]]) -> Iterator[str]:
+def training_texts(records: Iterable[dict[str, Any]]) -> Iterator[str]:
     # The trainer does not split off special tokens itself; encode() does. Splitting here makes the
     # trainer see the same pieces encode() will (and learns no merges for the markers' own characters).
     for record in records:
         text = chat_text(record["prompt"], record["story"]) if record["prompt"] else record["story"]
         yield from (piece for piece in SPECIAL_PATTERN.split(text) if piece)
+        # A conversation's later turns and thoughts: text between markers too, so they come as plain pieces.
+        yield from (said for turn in record.get("turns", ()) for said in (turn["user"], turn["model"]))
+        yield from record.get("thoughts", ())
 
 
 def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -19,6 +19,10 @@ from dgemma_cli.models.store import resolve
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 20261127  # the training corpus uses seed 0
 WORD = re.compile(r"[a-z]+")
+# The shipped weights were trained on the first corpus; the generator now writes v2 (issue 18: conversations,
+# thoughts, a few hundred subjects) for a retrain that needs a GPU. Until then, the figures tied to the corpus's
+# exact stories and subjects are expected to miss: they are kept, and xpass once dgemma-tiny v2 ships.
+AWAITS_V2 = pytest.mark.xfail(reason="dgemma-tiny v1 predates corpus v2; retrain pending (issue 18)", strict=False)
 
 
 def script(name: str):
@@ -39,6 +43,7 @@ def corpus():
     return script("make_story_corpus")
 
 
+@AWAITS_V2
 def test_denoising_loss_on_held_out_stories(engine, corpus):
     trainer = script("train_tiny")
     records = corpus.generate_stories(64, HELD_OUT_SEED)
@@ -75,6 +80,7 @@ def test_answers_to_held_out_prompts_are_made_of_corpus_words(engine, corpus):
     assert known / words >= 0.95, f"only {known}/{words} words are corpus words"
 
 
+@AWAITS_V2
 def test_answers_stay_on_the_topic_asked_for(engine, corpus):
     """ "...about a red kite." -> the story is about a kite: the request's last word appears in the answer."""
     prompts = [r["prompt"] for r in corpus.generate_stories(60, HELD_OUT_SEED) if r["prompt"]][:20]
