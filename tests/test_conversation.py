@@ -3,10 +3,6 @@ conversation re-encoded (the server's path, and the REPL's after /set), and the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import dgemma_runtime
 import pytest
 import torch
@@ -15,19 +11,11 @@ from dgemma_runtime.config import parse_config
 from dgemma_runtime.model import DiffusionGemma
 
 from tests.support.checkpoints import TOKENIZER, write_chat_checkpoint
+from tests.support.scripts import script
 
-ROOT = Path(__file__).resolve().parent.parent
 FIRST, FOLLOW_UP = "Tell me a story about a fox.", "Now one about a bear."
 ANSWER = "Once upon a time, a brave fox named Pip lived in a deep forest."
 PLAN = "The user wants a story about a fox. I will call the fox Pip."
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,8 @@ drives the real engine through both conversation paths."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import dgemma_runtime
@@ -15,17 +12,9 @@ import pytest
 from dgemma_runtime import Tokenizer
 
 from tests.support.checkpoints import TOKENIZER, write_chat_checkpoint
+from tests.support.scripts import script
 
-ROOT = Path(__file__).resolve().parent.parent
 EOS = frozenset((1, 106, 50))
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 ev = script("eval_tiny")

@@ -1,27 +1,14 @@
 """The dgemma-tiny story corpus: deterministic, mostly chat-framed, on topic, with conversations whose answers are
 right by construction, short plans for thinking, and phrasings and subjects kept back for evaluation."""
 
-import importlib.util
 import random
 import re
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_story_corpus.py"
+from tests.support.scripts import script
 
-
-def _load_script() -> ModuleType:
-    # scripts/ is not a package, so load the generator straight from its file.
-    spec = importlib.util.spec_from_file_location("make_story_corpus", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-corpus = _load_script()
+corpus = script("make_story_corpus")
 NAMES = set(corpus.GIRL_NAMES + corpus.BOY_NAMES + corpus.CRITTER_NAMES)
 
 

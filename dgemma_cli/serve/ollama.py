@@ -21,7 +21,7 @@ from dgemma_runtime import (
 )
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 
 from ..facts import model_facts
@@ -61,7 +61,7 @@ from .shared import (
     step_frame,
     vision_of,
 )
-from .worker import Finished, Item, Job, Started, prepare
+from .worker import Finished, Item, Job, Started
 
 router = APIRouter(prefix="/api", dependencies=[Depends(capped_body)])
 NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)  # expires_at of a model kept for good
@@ -130,8 +130,6 @@ async def respond(request: Request, body: OllamaRequest, render: Render | None, 
     frames = body.frames and body.stream
     options = with_infill(ollama_options(body.options), body.infill, bool(body.think))
     job = state.job(body.model, body.keep_alive, render, options, frames)
-    if render is not None:  # a prompt or answer length that does not fit is a 400 now, not after the wait
-        await run_in_threadpool(prepare, job, state.defaults(job.model))
     started, items = await state.start(request, job)
     reply = Reply(body.model or job.model.ref, chat, job, started)
     if render is None:

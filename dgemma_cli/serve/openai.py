@@ -11,7 +11,6 @@ from datetime import datetime
 from dgemma_runtime import CanvasEvent, StepEvent
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ..models import store
@@ -32,7 +31,7 @@ from .schema import (
     user_prompt,
 )
 from .shared import Transcript, listed_models, model_name, sse, state_of, step_frame, vision_of
-from .worker import Finished, Item, prepare
+from .worker import Finished, Item
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(capped_body)])
 
@@ -92,7 +91,6 @@ async def respond(request: Request, body: OpenAIRequest, render: Render, chat: b
     no_structured_output("response_format", not text)
     state = state_of(request)
     job = state.job(body.model, body.keep_alive, render, openai_options(body), body.frames and body.stream)
-    await run_in_threadpool(prepare, job, state.defaults(job.model))  # what does not fit is a 400 before the wait
     _, items = await state.start(request, job)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     reply = Reply(body.model or job.model.ref, chat, include_usage)

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from ..errors import UsageProblem
 from ..models import store
 from .schema import BadRequest, Render, keep_alive_seconds
-from .worker import Disconnected, Finished, Item, Job, QueueFull, Started, Worker, model_vision
+from .worker import Disconnected, Finished, Item, Job, QueueFull, Started, Worker, model_vision, prepare
 
 RETRY_AFTER_SECONDS = 2
 log = logging.getLogger("dgemma.serve")
@@ -96,6 +96,8 @@ class ServeState:
     async def start(self, request: Request, job: Job) -> tuple[Started | None, AsyncIterator[Item]]:
         """Queue the job and wait for it to begin: (how it started, the items that follow). Failures before the
         first item (a model that will not load, a prompt that does not fit) raise here, so they get a status."""
+        if job.render is not None:  # a prompt or answer length that does not fit is a 400 now, not after the wait
+            await run_in_threadpool(prepare, job, self.defaults(job.model))
         self.worker.submit(job)
         items = self._follow(job, request.is_disconnected)
         return await anext(items, None), items  # type: ignore[return-value]

@@ -149,6 +149,7 @@ class Job:
 
 
 @functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=4)  # parsing a 262k-entry tokenizer.json for every request would cost more than it checks
 def _prompt_reader(folder: Path) -> tuple[Tokenizer, int] | None:
     """A model's tokenizer and context length, to check prompts before the model is loaded; None without one."""
     path = folder / "tokenizer.json"
@@ -162,10 +163,11 @@ def model_vision(folder: Path) -> VisionConfig | None:
 
 
 def prepare(job: Job, defaults: GenerationDefaults) -> None:
-    """Before a job is queued (the routes call this in a thread): its prompt rendered and checked, so a prompt or
-    answer length that does not fit is a 400 at once. A model without a tokenizer fails later, in the worker."""
+    """Before a job is queued (`ServeState.start` calls this in a thread): its prompt rendered and checked, so a
+    prompt or answer length that does not fit is a 400 at once. A model without a tokenizer fails later, in the
+    worker."""
     reader = _prompt_reader(job.model.folder)
-    if reader is not None and job.render is not None:
+    if reader is not None:
         job.prepare(*reader, defaults)
 
 

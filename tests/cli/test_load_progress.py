@@ -4,7 +4,6 @@ gone once the model is ready, nothing when stderr is piped; Ctrl-C mid-load ends
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from tests.support.cli import FAST, PROMPT, Screen, dgemma, ok, plain
+from tests.support.scripts import script
 from tests.support.terminal import PROMPT_MARK, Terminal
 
 pexpect = pytest.importorskip("pexpect")
@@ -65,20 +65,11 @@ def test_the_chat_shows_the_first_load_and_each_load_command(model, spawn):
     assert screen.startswith(PROMPT_MARK) and "tensors" not in screen, screen  # the bars went, the prompt stayed
 
 
-def bench_load():
-    """scripts/bench_load.py, for its synthetic checkpoints."""
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_load.py"
-    spec = importlib.util.spec_from_file_location("bench_load", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def slow_to_load(tmp_path_factory) -> Path:
     """~200 MB of bf16 experts: quantizing them to NVFP4 at load takes seconds on the CPU, time to press Ctrl-C."""
-    script = bench_load()
-    text = script.TINY | {
+    bench_load = script("bench_load")
+    text = bench_load.TINY | {
         "hidden_size": 512,
         "intermediate_size": 256,
         "moe_intermediate_size": 256,
@@ -86,8 +77,8 @@ def slow_to_load(tmp_path_factory) -> Path:
         "num_hidden_layers": 4,
         "layer_types": ["sliding_attention"] * 3 + ["full_attention"],
     }
-    tensors = script.bf16_tensors(text, torch.Generator().manual_seed(0))
-    return script.write_checkpoint(tmp_path_factory.mktemp("slow") / "ckpt", text, tensors, None)
+    tensors = bench_load.bf16_tensors(text, torch.Generator().manual_seed(0))
+    return bench_load.write_checkpoint(tmp_path_factory.mktemp("slow") / "ckpt", text, tensors, None)
 
 
 def test_ctrl_c_while_loading_ends_with_one_line_and_exit_130(slow_to_load, spawn):

@@ -15,9 +15,8 @@ import httpx
 import pytest
 from dgemma_runtime.options import MAX_STEPS
 
-from dgemma_cli.models import store
 from tests.support.checkpoints import write_chat_checkpoint
-from tests.support.cli import DGEMMA, dgemma_env
+from tests.support.cli import DGEMMA, dgemma_env, store_model
 
 STARTUP_SECONDS = 60  # imports and a first model load on 2 shared cores
 LISTENING = re.compile(r"on (http://127\.0\.0\.1:\d+)")
@@ -91,9 +90,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def serve_env(tmp_path_factory, checkpoint) -> dict[str, str]:
     """An isolated home whose store holds the checkpoint as 'tiny'."""
     env = dgemma_env(tmp_path_factory.mktemp("serve-home"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DGEMMA_MODELS", env["DGEMMA_MODELS"])
-        store.save(store.Manifest(name="tiny", tag="latest", path=str(checkpoint), source="local"))
+    store_model(env, "tiny", checkpoint)
     return env
 
 

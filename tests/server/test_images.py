@@ -19,7 +19,7 @@ from dgemma_runtime import CanvasEvent, FinalEvent, GenerationDefaults, Generati
 from dgemma_cli.models import store
 from dgemma_cli.serve.worker import Finished, Job, Worker
 from tests.support.checkpoints import write_vision_checkpoint
-from tests.support.cli import needs_builtin
+from tests.support.cli import needs_builtin, store_model
 from tests.test_images import BAD, noise
 
 SEED, LENGTH = 3, 32
@@ -30,9 +30,7 @@ TEXT = "Describe it."
 def eyes(tmp_path_factory, serve_env) -> Path:
     """A random chat model with a vision tower, stored as 'eyes' in the servers' store."""
     folder = write_vision_checkpoint(tmp_path_factory.mktemp("eyes"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DGEMMA_MODELS", serve_env["DGEMMA_MODELS"])
-        store.save(store.Manifest(name="eyes", tag="latest", path=str(folder), source="local"))
+    store_model(serve_env, "eyes", folder)
     return folder
 
 

@@ -51,6 +51,15 @@ def dgemma_env(home: Path, models: Path | None = None, hf_home: Path | None = No
     return env
 
 
+def store_model(env: dict[str, str], name: str, folder: Path) -> None:
+    """Save `folder` as `name` in the store of `env` (what `dgemma` started with `env` sees)."""
+    from dgemma_cli.models import store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGEMMA_MODELS", env["DGEMMA_MODELS"])
+        store.save(store.Manifest(name=name, tag="latest", path=str(folder), source="local"))
+
+
 def dgemma(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `dgemma ARGS` with stdout and stderr piped; stdin is `input`, or empty (not a terminal) when None."""
     return subprocess.run(
