@@ -16,7 +16,7 @@ from .memory import reclaim
 from .model import DiffusionGemma
 from .quantization import install_quantized, quantize_at_load
 from .tokenizer import Tokenizer
-from .weights import load_state
+from .weights import advise_first_bytes, load_state
 
 DTYPES = {
     "float32": torch.float32,
@@ -95,6 +95,7 @@ def _load(
     torch_dtype = resolve_dtype(dtype, target)
     if cuda_graphs and target.type != "cuda":
         raise OptionError(f"CUDA graphs need a CUDA device, not {target.type!r}")
+    advise_first_bytes(folder)  # the disk starts on the weights while the headers are checked
     info = inspect(folder)  # validates names and shapes before anything is read
     config, scheme = info.config, info.scheme
     if quant is not None and scheme is not None:
@@ -102,7 +103,7 @@ def _load(
     transform = quantize_at_load(quant, quant_dense) if quant is not None else None
     auto = dtype in (None, "auto")
     torch_dtype = memory.fitting_dtype(info, target, torch_dtype, auto, quant, quant_dense)
-    state = load_state(folder, config, target, torch_dtype, scheme, transform, vision=info.vision, report=report)
+    state = load_state(info.tensors, info.plan, target, torch_dtype, scheme, transform, report=report)
     with torch.device("meta"):
         model = DiffusionGemma(config, info.vision)
     model.load_state_dict(install_quantized(model, state), strict=True, assign=True)

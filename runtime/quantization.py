@@ -160,6 +160,9 @@ def is_activation_scale(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in ACTIVATION_SCALES
 
 
+FP8_ROWS_PER_SCALE = {"tensor": None, "row": 1, "block": FP8_BLOCK}  # None: one scale for all N rows
+
+
 def build_linear(
     stored: StoredLinear, read: Callable[[str], torch.Tensor], scheme: QuantScheme | None, dtype: torch.dtype
 ) -> torch.Tensor | QuantizedWeight:
@@ -167,24 +170,54 @@ def build_linear(
 
     `read(name)` returns a checkpoint tensor already on the target device.
     """
-    N, K = stored.N, stored.K
-    if stored.form == "plain":
-        return read(stored.names["weight"]).to(dtype)
-    if stored.form == "fp8":
-        scale = read(stored.names["scale"]).float()
-        if stored.scale_layout == "block":  # one scale per 128 rows and 128 columns: repeat it down the rows
-            blocks = scale.reshape(math.ceil(N / FP8_BLOCK), math.ceil(K / FP8_BLOCK))
-            rows, group = blocks.repeat_interleave(FP8_BLOCK, dim=0)[:N], FP8_BLOCK
-        else:
-            rows, group = scale.reshape(-1, 1).expand(N, 1), K
-        return Fp8Weight(read(stored.names["q"]), rows.contiguous(), group)
-    block_scale = read(stored.names["block_scale"])
+    return assemble([stored], {role: read(name) for role, name in stored.names.items()}, (), scheme, dtype)
+
+
+def assemble(
+    pieces: list[StoredLinear],
+    roles: dict[str, torch.Tensor],
+    lead: tuple[int, ...],
+    scheme: QuantScheme | None,
+    dtype: torch.dtype,
+) -> torch.Tensor | QuantizedWeight:
+    """One [*lead, ΣN_i, K] weight from `pieces`, the [N_i, K] parts stored apart (gate, then up), for each index
+    in `lead` (the experts, or none for a single linear).
+
+    `roles[role]` holds that role's checkpoint tensors (`StoredLinear.names`) for every expert and piece in that
+    order, one after another, in any shape: weight bytes are kept as they are, and scales are repeated down the
+    rows they cover.
+    """
+    first, N, K = pieces[0], sum(piece.N for piece in pieces), pieces[0].K
+    if first.form == "plain":
+        return roles["weight"].view(*lead, N, K).to(dtype)
+    if first.form == "fp8":
+        per_scale = FP8_ROWS_PER_SCALE[first.scale_layout]
+        scale = _scale_per_row(pieces, roles["scale"].float(), lead, per_scale)
+        return Fp8Weight(roles["q"].view(*lead, N, K), scale, FP8_BLOCK if per_scale == FP8_BLOCK else K)
+    block_scale = roles["block_scale"]
     if block_scale.dtype != torch.float8_e4m3fn:
-        raise CheckpointError(f"{stored.names['block_scale']}: NVFP4 block scales must be F8_E4M3")
-    global_scale = read(stored.names["global_scale"]).float().reshape(())
+        raise CheckpointError(f"{first.names['block_scale']}: NVFP4 block scales must be F8_E4M3")
+    global_scale = roles["global_scale"].float()
     if scheme is not None and scheme.inverted_global_scale:
         global_scale = 1.0 / global_scale
-    return Nvfp4Weight(read(stored.names["packed"]), block_scale, global_scale.expand(N).contiguous())
+    return Nvfp4Weight(
+        roles["packed"].view(*lead, N, K // 2),
+        block_scale.view(*lead, N, K // 16),
+        _scale_per_row(pieces, global_scale, lead, None).squeeze(-1),
+    )
+
+
+def _scale_per_row(
+    pieces: list[StoredLinear], scales: torch.Tensor, lead: tuple[int, ...], rows_per_scale: int | None
+) -> torch.Tensor:
+    """Scales stored per piece, one after another (each piece's: one per `rows_per_scale` rows, or a single one
+    with None) -> [*lead, ΣN_i, columns], the scales of each weight row."""
+    index, start = [], 0
+    for piece in pieces:
+        step = rows_per_scale or piece.N
+        index.append(start + torch.arange(piece.N, device=scales.device) // step)
+        start += math.ceil(piece.N / step)
+    return scales.reshape(*lead, start, -1).index_select(len(lead), torch.cat(index))
 
 
 def stack_experts(experts: list[list[torch.Tensor | QuantizedWeight]]) -> torch.Tensor | QuantizedWeight:

@@ -9,10 +9,12 @@ copy: `save_pretrained` of a compressed-tensors model writes every quantized ten
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -27,12 +29,13 @@ from .config import TextConfig
 from .errors import CheckpointError
 from .loading import LoadReporter, Phase
 from .quantization import (
+    SAFETENSORS_DTYPES,
     QuantScheme,
     StoredLinear,
     TensorInfo,
+    assemble,
     build_linear,
     is_activation_scale,
-    stack_experts,
     stored_linear,
 )
 from .vision import VISION_PREFIXES, VisionConfig, vision_module_name, vision_shapes
@@ -278,7 +281,7 @@ def plan_load(found: dict[str, TensorInfo], config: TextConfig, vision: VisionCo
 
 READ_WORKERS = 4  # threads reading ahead of the loop below: a disk serves several reads at once
 READ_AHEAD_BYTES = 1 << 30  # read but not yet used, at most (more only for the one weight being waited for)
-READ_CHUNK = 8 << 20  # bytes per read call, into one reused buffer per thread
+READ_CHUNK = 8 << 20  # bytes per read call; into one reused buffer per thread where the bytes are only cached
 
 
 def _tensor_reader(
@@ -302,37 +305,64 @@ def _tensor_reader(
 
 Weight = torch.Tensor | QuantizedWeight
 Transform = Callable[[str, torch.Tensor], Weight]
+Stacks = dict[str, torch.Tensor]  # role -> its tensors of every expert and piece, one after another
+Build = Callable[[Callable[[str], torch.Tensor], Stacks], Weight]
 
 
 @dataclass(frozen=True)
 class _Unit:
-    """One entry of the loaded state and the checkpoint tensors it is built from."""
+    """One entry of the loaded state and the checkpoint tensors it is built from: `stacks` (role -> names) are
+    read straight into one new buffer per role, the other tensors are mapped from the files."""
 
     module: str
     names: tuple[str, ...]
-    build: Callable[[Callable[[str], torch.Tensor]], Weight]
+    build: Build
     transformable: bool  # a full-precision linear or expert weight, which quantize-at-load may take
+    stacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _units(plan: LoadPlan, scheme: QuantScheme | None, dtype: torch.dtype) -> list[_Unit]:
-    def as_dtype(name: str) -> Callable[[Callable[[str], torch.Tensor]], Weight]:
-        return lambda read: read(name).to(dtype)
+def _units(
+    plan: LoadPlan, found: dict[str, TensorInfo], scheme: QuantScheme | None, dtype: torch.dtype, device: torch.device
+) -> list[_Unit]:
+    def as_dtype(name: str) -> Build:
+        return lambda read, _: read(name).to(dtype)
 
-    def linear(stored: StoredLinear) -> Callable[[Callable[[str], torch.Tensor]], Weight]:
-        return lambda read: build_linear(stored, read, scheme, dtype)
+    def linear(stored: StoredLinear) -> Build:
+        return lambda read, _: build_linear(stored, read, scheme, dtype)
 
-    def experts(pieces: list[list[StoredLinear]]) -> Callable[[Callable[[str], torch.Tensor]], Weight]:
-        return lambda read: stack_experts([[build_linear(s, read, scheme, dtype) for s in expert] for expert in pieces])
+    def experts(pieces: list[list[StoredLinear]]) -> Build:
+        lead = (len(pieces),)
+        return lambda _, stacks: assemble(pieces[0], {r: t.to(device) for r, t in stacks.items()}, lead, scheme, dtype)
 
     # Fused bf16 experts are plain tensors too; norms, embeddings, scalars and vision are never transformed.
     units = [_Unit(module_name(n), (n,), as_dtype(n), ".experts." in n) for n in plan.plain]
     units += [_Unit(m, tuple(s.expected), linear(s), True) for m, s in plan.linears.items()]
-    units += [
-        _Unit(m, tuple(n for expert in p for s in expert for n in s.expected), experts(p), True)
-        for m, p in plan.experts.items()
-    ]
+    for module, pieces in plan.experts.items():
+        stacks = _expert_stacks(module, pieces, found)
+        names = tuple(name for role in stacks.values() for name in role)
+        units.append(_Unit(module, names, experts(pieces), True, stacks))
     units += [_Unit(vision_module_name(n), (n,), as_dtype(n), False) for n in plan.vision]
     return units
+
+
+def _expert_stacks(
+    module: str, pieces: list[list[StoredLinear]], found: dict[str, TensorInfo]
+) -> dict[str, tuple[str, ...]]:
+    """Role -> the names of that role's tensors, expert by expert and piece by piece: in this order their bytes
+    are the experts' stacked weights, once every piece is stored alike (form, scale layout, dtypes, widths)."""
+    flat = [piece for expert in pieces for piece in expert]
+    if len({(piece.form, piece.scale_layout) for piece in flat}) > 1:
+        raise CheckpointError(f"{module}: experts stored in different precisions")
+    stacks = {role: tuple(piece.names[role] for piece in flat) for role in flat[0].names}
+    for role, names in stacks.items():
+        if len({_layout(found[name]) for name in names}) > 1:
+            raise CheckpointError(f"{module}: experts' {role} tensors stored in different dtypes or widths")
+    return stacks
+
+
+def _layout(info: TensorInfo) -> tuple[str, tuple[int, ...]]:
+    """What stacking needs equal: dtype and the widths past the first dim (single values count as one row)."""
+    return info.dtype, info.shape[1:] if len(info.shape) > 1 else ()
 
 
 def _spans(found: dict[str, TensorInfo], names: tuple[str, ...]) -> list[tuple[Path, int, int]]:
@@ -346,97 +376,203 @@ def _spans(found: dict[str, TensorInfo], names: tuple[str, ...]) -> list[tuple[P
     return spans
 
 
-class _ReadAhead:
-    """Reads each unit's bytes, in a few threads, ahead of the loop that builds the weights from memory maps of the
-    same files: the loop then finds them in the page cache, and the disk stays busy while it copies, converts,
-    quantizes or moves weights. What is read ahead sits in the page cache only, READ_AHEAD_BYTES of it at most."""
+def advise_reads(spans: Iterable[tuple[Path, int, int]]) -> None:
+    """Ask the kernel to start reading these (file, start, end) ranges into the page cache, without waiting.
+    Only a hint: where it is not offered (Windows, macOS) the reads simply happen when asked."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path, group in itertools.groupby(spans, key=lambda span: span[0]):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # the read itself will say what is wrong
+        try:
+            for _, start, end in group:
+                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
-    def __init__(self, spans: list[list[tuple[Path, int, int]]], counts: list[int], report: LoadReporter) -> None:
-        self.spans, self.counts, self.report = spans, counts, report
-        self.sizes = [sum(end - start for _, start, end in unit) for unit in spans]
+
+def advise_first_bytes(folder: Path) -> None:
+    """Before the headers are even read: the first READ_AHEAD_BYTES of the safetensors files, in the order a load
+    reads them, start coming into the page cache."""
+    spans, left = [], READ_AHEAD_BYTES
+    for path in sorted(folder.glob("*.safetensors")):
+        if left <= 0:
+            break
+        size = min(path.stat().st_size, left)
+        spans.append((path, 0, size))
+        left -= size
+    advise_reads(spans)
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What one unit reads: the byte ranges of its tensors, and per stacked role the tensors read into one new
+    buffer. Without stacks, the ranges are read only into the page cache, to be mapped from there."""
+
+    spans: list[tuple[Path, int, int]]
+    stacks: dict[str, list[TensorInfo]]
+    tensors: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(end - start for _, start, end in self.spans)
+
+    def advise(self) -> None:
+        """Tell the kernel these bytes are wanted soon: it starts reading them while the threads are busy."""
+        advise_reads(self.spans)
+
+
+class _ReadAhead:
+    """Reads each unit's bytes, in a few threads, ahead of the loop that builds the weights. Mapped tensors are
+    then found in the page cache, and stacked ones already in place, while the disk stays busy as the loop
+    converts, quantizes or moves weights. At most READ_AHEAD_BYTES are read ahead of the loop."""
+
+    def __init__(self, units: list[_Reads], report: LoadReporter) -> None:
+        self.units, self.report = units, report
+        self.sizes = [unit.nbytes for unit in units]
         self.pool = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="dgemma-read") if READ_WORKERS else None
-        self.futures: list[Future[None]] = []
-        self.submitted = self.used = 0  # bytes
+        self.pending: dict[int, Future[Stacks]] = {}  # unit -> its read, until the loop takes it
+        self.submitted = 0  # units
+        self.ahead = 0  # bytes submitted and not yet taken
         self.lock = threading.Lock()
         self.read_bytes = self.read_tensors = 0
         self.stopped = False
         self.buffers = threading.local()
 
-    def wait_for(self, i: int) -> None:
-        """Return once unit `i` has been read (units are waited for in order), reporting the reads meanwhile."""
+    def wait_for(self, i: int) -> Stacks:
+        """Unit `i`'s stacked tensors, once it has been read (units are taken in order), reporting the reads
+        meanwhile."""
         if self.pool is None:
-            self._read(i)
+            stacks = self._read(i)
         else:
-            while len(self.futures) < len(self.spans) and (
-                len(self.futures) <= i or self.submitted - self.used < READ_AHEAD_BYTES
-            ):
-                self.submitted += self.sizes[len(self.futures)]
-                self.futures.append(self.pool.submit(self._read, len(self.futures)))
-            while not wait([self.futures[i]], timeout=0.1).done:
+            while self.submitted < len(self.units) and (self.submitted <= i or self.ahead < READ_AHEAD_BYTES):
+                self.units[self.submitted].advise()
+                self.pending[self.submitted] = self.pool.submit(self._read, self.submitted)
+                self.ahead += self.sizes[self.submitted]
+                self.submitted += 1
+            while not wait([self.pending[i]], timeout=0.1).done:
                 self._report()
-            self.futures[i].result()  # raises what the read raised
-        self.used += self.sizes[i]
+            stacks = self.pending.pop(i).result()  # raises what the read raised
+            self.ahead -= self.sizes[i]
         self._report()
+        return stacks
 
     def _report(self) -> None:
         with self.lock:
             done = self.read_bytes, self.read_tensors
         self.report.set("read", *done)
 
-    def _read(self, i: int) -> None:
-        buffer = getattr(self.buffers, "chunk", None)
-        if buffer is None:
-            buffer = self.buffers.chunk = memoryview(bytearray(READ_CHUNK))
-        for path, start, end in self.spans[i]:
+    def _read(self, i: int) -> Stacks:
+        unit = self.units[i]
+        stacks: Stacks = {}
+        targets: list[tuple[Path, int, memoryview]] = []  # (file, offset, where its bytes go)
+        for role, infos in unit.stacks.items():
+            dtype = SAFETENSORS_DTYPES[infos[0].dtype]
+            stacks[role] = torch.empty(sum(info.nbytes for info in infos) // dtype.itemsize, dtype=dtype)
+            into, at = memoryview(stacks[role].view(torch.uint8).numpy()), 0
+            for info in infos:
+                targets.append((info.path, info.offset, into[at : at + info.nbytes]))
+                at += info.nbytes
+        for path, start, end in [] if unit.stacks else unit.spans:
+            targets += [(path, at, self._chunk()[: min(READ_CHUNK, end - at)]) for at in range(start, end, READ_CHUNK)]
+        targets.sort(key=lambda target: target[:2])  # through each file forwards
+        for path, in_file in itertools.groupby(targets, key=lambda target: target[0]):
             try:
-                with path.open("rb", buffering=0) as file:
-                    file.seek(start)
-                    while start < end and not self.stopped:
-                        n = file.readinto(buffer[: min(READ_CHUNK, end - start)])
-                        if not n:
-                            raise CheckpointError(f"{path.name}: ends before its tensors do")
-                        start += n
-                        with self.lock:
-                            self.read_bytes += n
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    for offset, views in _runs(in_file):
+                        self._pread(path, fd, views, offset)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise CheckpointError(f"{path.name}: cannot read ({exc})") from None
         with self.lock:
-            self.read_tensors += self.counts[i]
+            self.read_tensors += unit.tensors
+        return stacks
+
+    def _pread(self, path: Path, fd: int, views: list[memoryview], offset: int) -> None:
+        """Fill `views` with the file's bytes from `offset` on, one system call for as many as it takes."""
+        first = 0
+        while first < len(views) and not self.stopped:
+            got = _preadv(fd, views[first:], offset)
+            if not got:
+                raise CheckpointError(f"{path.name}: ends before its tensors do")
+            offset += got
+            with self.lock:
+                self.read_bytes += got
+            while first < len(views) and got >= len(views[first]):
+                got -= len(views[first])
+                first += 1
+            if got:
+                views[first] = views[first][got:]
+
+    def _chunk(self) -> memoryview:
+        """This thread's buffer for bytes read only into the page cache."""
+        if not hasattr(self.buffers, "chunk"):
+            self.buffers.chunk = memoryview(bytearray(READ_CHUNK))
+        return self.buffers.chunk
 
     def close(self) -> None:
         self.stopped = True
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()  # what was read ahead and not yet taken goes with it
+
+
+IOV_MAX = 1024  # buffers per vectored read: Linux's and macOS's limit
+
+
+def _runs(targets: Iterable[tuple[Path, int, memoryview]]) -> Iterator[tuple[int, list[memoryview]]]:
+    """(offset, buffers) for each stretch of the file read in one call: tensors that follow one another there
+    go to their places in one vectored read (of at most READ_CHUNK bytes, so that progress and Ctrl-C are
+    heard in between)."""
+    offset, views, end = 0, [], -1
+    for _, start, view in targets:
+        if start != end or len(views) == IOV_MAX or end + len(view) - offset > READ_CHUNK:
+            if views:
+                yield offset, views
+            offset, views = start, []
+        views.append(view)
+        end = start + len(view)
+    if views:
+        yield offset, views
+
+
+def _preadv(fd: int, views: list[memoryview], offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, views, offset)
+    with open(fd, "rb", buffering=0, closefd=False) as file:  # Windows has no vectored reads: a buffer per call
+        file.seek(offset)
+        return file.readinto(views[0])
 
 
 def load_state(
-    folder: Path,
-    config: TextConfig,
+    found: dict[str, TensorInfo],
+    plan: LoadPlan,
     device: torch.device,
     dtype: torch.dtype,
     scheme: QuantScheme | None,
     transform: Transform | None = None,
     verify: bool = False,
-    vision: VisionConfig | None = None,
     report: LoadReporter | None = None,
 ) -> dict[str, Weight]:
-    """Validate the checkpoint against the config, then read it as `module name -> tensor or quantized weight`.
+    """Read a checkpoint (its headers' tensors, planned and validated by `checkpoint.inspect`) as
+    `module name -> tensor or quantized weight`.
 
-    Shared weights stored twice are compared by sampled bytes, or every byte with `verify`.
+    Shared weights stored twice are compared by sampled bytes first, or every byte with `verify`.
 
     `transform(module_name, weight)` sees each full-precision linear or expert weight as it arrives (one at a
-    time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident. With `vision`,
-    the vision tower is read too, at `dtype` and never transformed. `report` hears each phase's progress.
+    time, on the device): quantize-at-load hooks in there, so the whole bf16 model is never resident. A vision
+    tower in the plan is read at `dtype` and never transformed. `report` hears each phase's progress.
     """
-    found = read_header(shard_files(Path(folder)))
-    plan = plan_load(found, config, vision)
-    validate(found, plan.expected)
     check_copies(found, full=verify)
     report = report or LoadReporter()
 
     # Weights are built in file order, so that the reads ahead of them go through each file start to end.
     rank = {path: i for i, path in enumerate(sorted({info.path for info in found.values()}))}
-    units = _units(plan, scheme, dtype)
+    units = _units(plan, found, scheme, dtype, device)
     spans = {unit.module: _spans(found, unit.names) for unit in units}
     units.sort(key=lambda unit: max((rank[path], end) for path, _, end in spans[unit.module]))
     sizes = {unit.module: sum(found[n].nbytes for n in unit.names) for unit in units}
@@ -448,14 +584,17 @@ def load_state(
         phases["to device"] = total
     report.start(total, sum(len(u.names) for u in units), phases)
 
+    reads = []
+    for unit in units:
+        stacks = {role: [found[name] for name in names] for role, names in unit.stacks.items()}
+        reads.append(_Reads(spans[unit.module], stacks, len(unit.names)))
     with ExitStack() as files:
         read = _tensor_reader(found, device, files)
-        ahead = _ReadAhead([spans[u.module] for u in units], [len(u.names) for u in units], report)
+        ahead = _ReadAhead(reads, report)
         files.callback(ahead.close)
         state: dict[str, Weight] = {}
         for i, unit in enumerate(units):
-            ahead.wait_for(i)
-            weight = unit.build(read)
+            weight = unit.build(read, ahead.wait_for(i))
             if "to device" in phases:
                 report.advance("to device", sizes[unit.module], len(unit.names))
             if transform is not None and unit.transformable:

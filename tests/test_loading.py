@@ -116,6 +116,34 @@ def test_reading_ahead_in_threads_loads_the_same_weights(full_precision, nvfp4, 
             assert torch.equal(loaded[name].view(torch.uint8), tensor.view(torch.uint8)), name
 
 
+def test_short_reads_and_small_calls_fill_every_stacked_expert(full_precision, nvfp4, monkeypatch):
+    """A vectored read may return fewer bytes than asked; the reader goes on where it stopped, and calls split by
+    READ_CHUNK and IOV_MAX land each tensor in its place all the same."""
+    preadv = weights._preadv
+    for folder in (full_precision, nvfp4):
+        reference = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16").model.state_dict()
+        monkeypatch.setattr(weights, "_preadv", lambda fd, views, offset: preadv(fd, [views[0][:7]], offset))
+        monkeypatch.setattr(weights, "READ_CHUNK", 100)
+        monkeypatch.setattr(weights, "IOV_MAX", 3)
+        loaded = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16").model.state_dict()
+        monkeypatch.undo()
+        for name, tensor in reference.items():
+            assert torch.equal(loaded[name].view(torch.uint8), tensor.view(torch.uint8)), name
+
+
+def test_experts_stored_in_different_forms_are_refused_in_one_line(tmp_path):
+    source = write_checkpoint(TinySpec(), tmp_path / "bf16")
+    folder = write_quantized(source, tmp_path / "nvfp4", "ct-nvfp4")
+    tensors = load_file(folder / "model.safetensors")
+    base = "model.decoder.layers.0.experts.1.up_proj"
+    packed = tensors.pop(f"{base}.weight_packed")
+    del tensors[f"{base}.weight_scale"], tensors[f"{base}.weight_global_scale"]
+    tensors[f"{base}.weight"] = torch.zeros(packed.shape[0], 2 * packed.shape[1], dtype=torch.bfloat16)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(dgemma_runtime.CheckpointError, match=r"^layers\.0\.experts\.gate_up_proj: experts stored"):
+        dgemma_runtime.load(folder, device="cpu")
+
+
 def live_tensors() -> dict[int, object]:
     gc.collect()
     return {id(o): o for o in gc.get_objects() if issubclass(type(o), (torch.Tensor, QuantizedWeight))}

@@ -15,10 +15,9 @@ import dgemma_runtime
 import pytest
 import torch
 from dgemma_kernels import Fp8Weight, Nvfp4Weight
-from dgemma_runtime import CheckpointError
+from dgemma_runtime import CheckpointError, inspect
 from dgemma_runtime.cache import KVCache
 from dgemma_runtime.config import parse_config, read_json
-from dgemma_runtime.quantization import detect_scheme
 from dgemma_runtime.weights import SAMPLE_BYTES, load_state, plan_load, read_header, shard_files, validate
 from safetensors.torch import load_file, save_file
 
@@ -61,8 +60,8 @@ def logits(folder: Path) -> torch.Tensor:
 
 
 def load_verified(folder: Path, verify: bool) -> None:
-    config = parse_config(read_json(folder / "config.json"))
-    load_state(folder, config, torch.device("cpu"), torch.float32, detect_scheme(folder), verify=verify)
+    info = inspect(folder)
+    load_state(info.tensors, info.plan, torch.device("cpu"), torch.float32, info.scheme, verify=verify)
 
 
 def flip_byte(folder: Path, name: str, at: int) -> None:
