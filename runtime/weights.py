@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -440,6 +440,7 @@ class _ReadAhead:
         self.read_bytes = self.read_tensors = 0
         self.stopped = False
         self.buffers = threading.local()
+        self.devnull: int | None = os.open(os.devnull, os.O_WRONLY) if hasattr(os, "sendfile") else None
 
     def wait_for(self, i: int) -> Stacks:
         """Unit `i`'s stacked tensors, once it has been read (units are taken in order), reporting the reads
@@ -465,6 +466,7 @@ class _ReadAhead:
         self.report.set("read", *done)
 
     def _read(self, i: int) -> Stacks:
+        """Unit `i`'s stacks, read into new buffers; or, for a unit without any, its bytes into the page cache."""
         unit = self.units[i]
         stacks: Stacks = {}
         targets: list[tuple[Path, int, memoryview]] = []  # (file, offset, where its bytes go)
@@ -475,38 +477,64 @@ class _ReadAhead:
             for info in infos:
                 targets.append((info.path, info.offset, into[at : at + info.nbytes]))
                 at += info.nbytes
-        for path, start, end in [] if unit.stacks else unit.spans:
-            targets += [(path, at, self._chunk()[: min(READ_CHUNK, end - at)]) for at in range(start, end, READ_CHUNK)]
         targets.sort(key=lambda target: target[:2])  # through each file forwards
-        for path, in_file in itertools.groupby(targets, key=lambda target: target[0]):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    for offset, views in _runs(in_file):
-                        self._pread(path, fd, views, offset)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise CheckpointError(f"{path.name}: cannot read ({exc})") from None
+        cached = [] if stacks else unit.spans
+        for path in sorted({target[0] for target in targets} | {span[0] for span in cached}):
+            with self._opened(path) as fd:
+                for offset, views in _runs(target for target in targets if target[0] == path):
+                    self._fill(path, fd, views, offset)
+                for _, start, end in (span for span in cached if span[0] == path):
+                    self._cache(path, fd, start, end)
         with self.lock:
             self.read_tensors += unit.tensors
         return stacks
 
-    def _pread(self, path: Path, fd: int, views: list[memoryview], offset: int) -> None:
+    @contextmanager
+    def _opened(self, path: Path) -> Iterator[int]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CheckpointError(f"{path.name}: cannot read ({exc})") from None
+
+    def _fill(self, path: Path, fd: int, views: list[memoryview], offset: int) -> None:
         """Fill `views` with the file's bytes from `offset` on, one system call for as many as it takes."""
         first = 0
         while first < len(views) and not self.stopped:
             got = _preadv(fd, views[first:], offset)
-            if not got:
-                raise CheckpointError(f"{path.name}: ends before its tensors do")
+            self._count(path, got)
             offset += got
-            with self.lock:
-                self.read_bytes += got
             while first < len(views) and got >= len(views[first]):
                 got -= len(views[first])
                 first += 1
             if got:
                 views[first] = views[first][got:]
+
+    def _cache(self, path: Path, fd: int, start: int, end: int) -> None:
+        """Bring bytes [start, end) of the file into the page cache. Sent to /dev/null, the kernel reads them
+        without copying them anywhere (pages already cached cost next to nothing); where sending to a file is not
+        offered (macOS sends to sockets only), they are read through a reused buffer."""
+        while start < end and not self.stopped:
+            count = min(READ_CHUNK, end - start)
+            got = None
+            if self.devnull is not None:
+                try:
+                    got = os.sendfile(self.devnull, fd, start, count)
+                except OSError:
+                    self.devnull = None
+            if got is None:
+                got = _preadv(fd, [self._chunk()[:count]], start)
+            self._count(path, got)
+            start += got
+
+    def _count(self, path: Path, got: int) -> None:
+        if not got:
+            raise CheckpointError(f"{path.name}: ends before its tensors do")
+        with self.lock:
+            self.read_bytes += got
 
     def _chunk(self) -> memoryview:
         """This thread's buffer for bytes read only into the page cache."""
@@ -518,6 +546,8 @@ class _ReadAhead:
         self.stopped = True
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.devnull is not None:
+            os.close(self.devnull)
         self.pending.clear()  # what was read ahead and not yet taken goes with it
 
 
