@@ -15,8 +15,9 @@ from .loading import LoadReporter, ProgressCallback
 from .memory import reclaim
 from .model import DiffusionGemma
 from .quantization import install_quantized, quantize_at_load
+from .reading import advise_first_bytes
 from .tokenizer import Tokenizer
-from .weights import advise_first_bytes, load_state
+from .weights import load_state
 
 DTYPES = {
     "float32": torch.float32,

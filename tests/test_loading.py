@@ -17,7 +17,7 @@ import dgemma_runtime
 import pytest
 import torch
 from dgemma_kernels import QuantizedWeight
-from dgemma_runtime import LoadFinished, LoadProgress, LoadStarted, inspect, weights
+from dgemma_runtime import LoadFinished, LoadProgress, LoadStarted, inspect, reading
 from safetensors.torch import load_file, save_file
 
 from tests.support.checkpoints import TinySpec, write_checkpoint
@@ -107,8 +107,8 @@ def test_quantize_at_load_is_a_second_phase_behind_the_reads(full_precision):
 def test_reading_ahead_in_threads_loads_the_same_weights(full_precision, nvfp4, monkeypatch, workers):
     for folder in (full_precision, nvfp4):
         reference = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16").model.state_dict()
-        monkeypatch.setattr(weights, "READ_WORKERS", workers)
-        monkeypatch.setattr(weights, "READ_AHEAD_BYTES", 4096)  # the window full most of the time
+        monkeypatch.setattr(reading, "READ_WORKERS", workers)
+        monkeypatch.setattr(reading, "READ_AHEAD_BYTES", 4096)  # the window full most of the time
         loaded = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16").model.state_dict()
         monkeypatch.undo()
         assert loaded.keys() == reference.keys()
@@ -119,12 +119,12 @@ def test_reading_ahead_in_threads_loads_the_same_weights(full_precision, nvfp4, 
 def test_short_reads_and_small_calls_fill_every_stacked_expert(full_precision, nvfp4, monkeypatch):
     """A vectored read may return fewer bytes than asked; the reader goes on where it stopped, and calls split by
     READ_CHUNK and IOV_MAX land each tensor in its place all the same."""
-    preadv = weights._preadv
+    preadv = reading._preadv
     for folder in (full_precision, nvfp4):
         reference = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16").model.state_dict()
-        monkeypatch.setattr(weights, "_preadv", lambda fd, views, offset: preadv(fd, [views[0][:7]], offset))
-        monkeypatch.setattr(weights, "READ_CHUNK", 100)
-        monkeypatch.setattr(weights, "IOV_MAX", 3)
+        monkeypatch.setattr(reading, "_preadv", lambda fd, views, offset: preadv(fd, [views[0][:7]], offset))
+        monkeypatch.setattr(reading, "READ_CHUNK", 100)
+        monkeypatch.setattr(reading, "IOV_MAX", 3)
         loaded = dgemma_runtime.load(folder, device="cpu", dtype="bfloat16").model.state_dict()
         monkeypatch.undo()
         for name, tensor in reference.items():
@@ -166,7 +166,7 @@ class Interrupt:
 @pytest.mark.parametrize(("fixture", "quant"), [("full_precision", None), ("full_precision", "fp8"), ("nvfp4", None)])
 def test_an_interrupted_load_keeps_nothing_and_the_next_load_works(request, monkeypatch, fixture, quant):
     folder = request.getfixturevalue(fixture)
-    monkeypatch.setattr(weights, "READ_AHEAD_BYTES", 4096)  # reads keep pace with the weights built from them
+    monkeypatch.setattr(reading, "READ_AHEAD_BYTES", 4096)  # reads keep pace with the weights built from them
     before = live_tensors()
     interrupt = Interrupt("quantize" if quant else "read")
     with pytest.raises(KeyboardInterrupt) as caught:
