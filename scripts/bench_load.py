@@ -1,6 +1,6 @@
 """How fast `dgemma_runtime.load` reads a checkpoint, against simply reading the same files in the same run.
 
-    python scripts/bench_load.py [--gb 2] [--runs 3] [--dir DIR]
+    python scripts/bench_load.py [--gb 2] [--runs 3] [--dir DIR] [--device cuda]
     python scripts/bench_load.py --dry-run        # a few MB, seconds: every path once (CI runs it)
 
 Writes a synthetic checkpoint of about --gb GB with the released layout scaled down (128 experts, the released
@@ -9,7 +9,8 @@ it) and its NVFP4 variant (compressed-tensors, experts and dense linears one by 
 looks at the values. Then, best of --runs, the rows alternating so that the machine's noise falls on all alike:
 
 - read: every shard read start to end into one reused buffer (the disk, or the page cache, and nothing else);
-- load: `dgemma_runtime.load(..., device="cpu", dtype="bfloat16")` of each checkpoint, until the engine is ready;
+- load: `dgemma_runtime.load(..., device=--device, dtype="bfloat16")` of each checkpoint, until the engine is ready
+  (on a GPU: every weight there, the quantization kernels finished);
 - quantize-at-load: the bf16 checkpoint with `quant="fp8"` and `quant="nvfp4"`, in GB/s of bf16 read.
 
 "cold" rows first drop the shards from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`: no privileges needed,
@@ -172,8 +173,11 @@ def read_files(folder: Path) -> int:
     return total
 
 
-def load(folder: Path, quant: str | None = None) -> dgemma_runtime.Engine:
-    return dgemma_runtime.load(folder, device="cpu", dtype="bfloat16", quant=quant)
+def load(folder: Path, device: str, quant: str | None = None) -> dgemma_runtime.Engine:
+    engine = dgemma_runtime.load(folder, device=device, dtype="bfloat16", quant=quant)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()  # quantizing on the GPU runs asynchronously: ready means done
+    return engine
 
 
 def timed(run: Callable[[], object], folder: Path, cold: bool) -> float:
@@ -200,6 +204,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs per row")
     parser.add_argument("--dir", type=Path, help="where to write the checkpoints (default: a temporary folder)")
     parser.add_argument("--dry-run", action="store_true", help="a few MB, one run: every path, in seconds")
+    parser.add_argument("--device", default="cpu", help="where the weights go: cpu (default) or cuda")
     args = parser.parse_args()
     base, gb, runs = (TINY, 0.005, 1) if args.dry_run else (SCALED, args.gb, args.runs)
 
@@ -212,20 +217,20 @@ def main() -> None:
         print(
             f"checkpoints: bf16 {size[bf16] / 1e9:.2f} GB, nvfp4 {size[nvfp4] / 1e9:.2f} GB; "
             f"{text['num_hidden_layers']} layers, {text['num_experts']} experts, {len(shards(bf16))} shards; "
-            f"{torch.get_num_threads()} torch threads, best of {runs}"
+            f"{torch.get_num_threads()} torch threads, device {args.device}, best of {runs}"
         )
         rows: dict[str, tuple[Path, Callable[[], object]]] = {
             "read bf16": (bf16, lambda: read_files(bf16)),
-            "load bf16": (bf16, lambda: load(bf16)),
+            "load bf16": (bf16, lambda: load(bf16, args.device)),
             "read nvfp4": (nvfp4, lambda: read_files(nvfp4)),
-            "load nvfp4": (nvfp4, lambda: load(nvfp4)),
+            "load nvfp4": (nvfp4, lambda: load(nvfp4, args.device)),
             # What building weights in new memory costs at all (page faults): the ceiling of any load whose weights
             # are not the checkpoint's own bytes, as prequantized experts stacked from pieces are not.
             "new memory, nvfp4 size": (nvfp4, lambda: torch.ones(size[nvfp4], dtype=torch.uint8)),
-            "load bf16 --quant fp8": (bf16, lambda: load(bf16, "fp8")),
-            "load bf16 --quant nvfp4": (bf16, lambda: load(bf16, "nvfp4")),
+            "load bf16 --quant fp8": (bf16, lambda: load(bf16, args.device, "fp8")),
+            "load bf16 --quant nvfp4": (bf16, lambda: load(bf16, args.device, "nvfp4")),
         }
-        load(nvfp4)  # once untimed: the first load in a process pays for imports and first calls
+        load(nvfp4, args.device)  # once untimed: the first load in a process pays for imports and first calls
         caches = ("cold", "warm") if COLD else ("warm",)
         best: dict[tuple[str, str], float] = {}
         for _ in range(runs):  # rows alternate, so that the machine's noise falls on all of them alike

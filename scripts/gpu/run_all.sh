@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Every device check in one call (a GPU session is short; ~7.5 minutes): kernels against their references, the
-# 26B benchmark, a profile of one 26B decoder step; with TRAIN_MINUTES set, dgemma-tiny trained from scratch with two batch
-# sizes side by side (the GPU is mostly idle for a model this small). Each part has its own time limit, so one
-# failure does not take the others down.
+# Every device check in one call (a GPU session is short; ~9 minutes): kernels against their references, the
+# 26B benchmark, a profile of one 26B decoder step, loading onto the GPU; with TRAIN_MINUTES set, dgemma-tiny
+# trained from scratch with two batch sizes side by side (the GPU is mostly idle for a model this small). Each
+# part has its own time limit, so one failure does not take the others down.
 # The scripts import the installed packages (dgemma_runtime, dgemma_kernels), so this first installs the checkout,
 # editable, into the python3 that holds CUDA torch: `pip install -e .`, offline (the machine reaches no package
 # index), so with --no-deps and --no-build-isolation. Everything the GPU scripts import beyond the checkout is on
 # the bare machine already: torch with CUDA, Triton, safetensors, tokenizers; no extra is needed (`dev` and `bnb`
-# are the CPU tests' oracles and bitsandbytes, which no script here uses). It takes seconds: the budget stays ~7.5 min.
+# are the CPU tests' oracles and bitsandbytes, which no script here uses). It takes seconds: the budget stays ~9 min.
 #   bash scripts/gpu/run_all.sh                   # from the repository root; results under $OUT (or ./gpu_out)
 #   TRAIN_ONLY=1 TRAIN_MINUTES=5.5 bash scripts/gpu/run_all.sh   # dgemma-tiny v2 only (issue 18), then eval_tiny
 set -u
@@ -25,6 +25,8 @@ if [ "${TRAIN_ONLY:-0}" = 0 ]; then
   timeout 110 python3 scripts/gpu/check_kernels.py --budget-s 70 2>&1 | tee "$OUT/check_kernels.log"
   timeout 250 python3 scripts/gpu/bench_26b.py 2>&1 | tee "$OUT/bench_26b.log"
   timeout 90 python3 scripts/gpu/profile_step.py --variant bf16 2>&1 | tee "$OUT/profile_step.log"
+  # Loading onto the GPU (issue 23): disk to GPU, prequantized NVFP4, and quantize-at-load on the GPU.
+  timeout 100 python3 scripts/bench_load.py --gb 2 --runs 2 --device cuda 2>&1 | tee "$OUT/bench_load.log"
 fi
 
 # dgemma-tiny from scratch on the GPU (train_tiny.py and eval_tiny.py import the installed dgemma_runtime too): the
