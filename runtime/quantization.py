@@ -220,29 +220,6 @@ def _scale_per_row(
     return scales.reshape(*lead, start, -1).index_select(len(lead), torch.cat(index))
 
 
-def stack_experts(experts: list[list[torch.Tensor | QuantizedWeight]]) -> torch.Tensor | QuantizedWeight:
-    """Per expert, its [N_i, K] pieces (gate rows, then up rows) -> one [E, ΣN_i, K] weight in the same form.
-    Checkpoints store experts and their projections apart; each piece is copied once, straight into place."""
-    first = experts[0][0]
-    if any(type(piece) is not type(first) for expert in experts for piece in expert):
-        raise CheckpointError("an expert's gate_proj and up_proj are stored in different precisions")
-    if isinstance(first, Fp8Weight):
-        return Fp8Weight(_stacked(experts, "q"), _stacked(experts, "scale"), first.group)
-    if isinstance(first, Nvfp4Weight):
-        return Nvfp4Weight(*(_stacked(experts, name) for name in ("packed", "block_scale", "global_scale")))
-    return _stacked(experts)
-
-
-def _stacked(experts: list[list[torch.Tensor | QuantizedWeight]], buffer: str | None = None) -> torch.Tensor:
-    """One [E, ΣN_i, ...] tensor: expert e's pieces (or their `buffer`) one over the other in `out[e]`."""
-    rows = [[getattr(piece, buffer) if buffer else piece for piece in expert] for expert in experts]
-    first = rows[0]
-    out = first[0].new_empty((len(rows), sum(piece.shape[0] for piece in first), *first[0].shape[1:]))
-    for e, pieces in enumerate(rows):
-        torch.cat(pieces, out=out[e])
-    return out
-
-
 QUANTIZE_AT_LOAD = ("fp8", "nvfp4", "int8", "nf4")
 
 
@@ -256,13 +233,7 @@ def quantize_at_load(precision: str, dense: bool) -> Callable[[str, torch.Tensor
     quantize = _quantizer(precision)
 
     def transform(name: str, weight: torch.Tensor) -> torch.Tensor | QuantizedWeight:
-        if not is_quantization_target(name, dense):
-            return weight
-        if weight.dim() == 3 and weight.device.type == "cpu" and precision in ("fp8", "nvfp4"):
-            # On the CPU, expert by expert: one expert's float32 temporaries stay in cache (2x faster), and the
-            # peak memory small.
-            return stack_experts([[quantize(expert)] for expert in weight])
-        return quantize(weight)
+        return quantize(weight) if is_quantization_target(name, dense) else weight
 
     return transform
 

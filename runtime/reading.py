@@ -94,7 +94,8 @@ class ReadAhead:
         self.read_bytes = self.read_tensors = 0
         self.stopped = False
         self.buffers = threading.local()
-        self.devnull: int | None = os.open(os.devnull, os.O_WRONLY) if hasattr(os, "sendfile") else None
+        self.devnull = os.open(os.devnull, os.O_WRONLY)
+        self.sendfile = hasattr(os, "sendfile")  # until the OS refuses it
 
     def wait_for(self, i: int) -> Stacks:
         """Unit `i`'s stacked tensors, once it has been read (units are taken in order), reporting the reads
@@ -174,11 +175,11 @@ class ReadAhead:
         while start < end and not self.stopped:
             count = min(READ_CHUNK, end - start)
             got = None
-            if self.devnull is not None:
+            if self.sendfile:
                 try:
                     got = os.sendfile(self.devnull, fd, start, count)
                 except OSError:
-                    self.devnull = None
+                    self.sendfile = False  # a read error proper comes back from the read below
             if got is None:
                 got = _preadv(fd, [self._chunk()[:count]], start)
             self._count(path, got)
@@ -200,8 +201,7 @@ class ReadAhead:
         self.stopped = True
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.devnull is not None:
-            os.close(self.devnull)
+        os.close(self.devnull)
         self.pending.clear()  # what was read ahead and not yet taken goes with it
 
 

@@ -131,6 +131,23 @@ def test_short_reads_and_small_calls_fill_every_stacked_expert(full_precision, n
             assert torch.equal(loaded[name].view(torch.uint8), tensor.view(torch.uint8)), name
 
 
+def test_where_the_os_refuses_sendfile_mapped_bytes_are_read_through_a_buffer(full_precision, monkeypatch):
+    calls = []
+    preadv = reading._preadv
+
+    def refuse(*args):
+        raise OSError(22, "sendfile goes to sockets only here")
+
+    def counted(fd, views, offset):
+        calls.append(sum(len(view) for view in views))
+        return preadv(fd, views, offset)
+
+    monkeypatch.setattr(os, "sendfile", refuse)
+    monkeypatch.setattr(reading, "_preadv", counted)
+    started = check_order(events_of(full_precision, dtype="float32"), full_precision)
+    assert sum(calls) == started.total_bytes  # every byte read through the buffer instead
+
+
 def test_experts_stored_in_different_forms_are_refused_in_one_line(tmp_path):
     source = write_checkpoint(TinySpec(), tmp_path / "bf16")
     folder = write_quantized(source, tmp_path / "nvfp4", "ct-nvfp4")
@@ -194,3 +211,22 @@ def test_bench_load_dry_run_reports_every_rate():
     ), lines[-1]
     for row in ("read bf16", "load bf16", "read nvfp4", "load nvfp4", "--quant fp8", "--quant nvfp4"):
         assert any(row in line for line in lines), row
+
+
+def test_bench_quantize_reports_every_quantizer_on_every_shape():
+    script = ROOT / "scripts" / "bench_quantize.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--runs", "1", "--experts", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    header, columns, *rows = result.stdout.strip().splitlines()
+    assert header.startswith("torch ") and "1 thread(s)" in header
+    assert columns.split() == ["float()", "copy", "nvfp4", "fp8", "per", "row", "fp8", "per", "128"]
+    assert len(rows) == 4
+    for row in rows:
+        rates = [float(rate) for rate in row.split("]")[-1].split()[-4:]]
+        assert len(rates) == 4 and all(rate > 0 for rate in rates), row

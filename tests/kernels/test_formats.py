@@ -13,9 +13,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from dgemma_kernels import grouped_matmul, linear
+from dgemma_kernels import formats, grouped_matmul, linear
 from dgemma_kernels.formats import (
     E2M1_VALUES,
+    FP4_MAX,
+    FP8_MAX,
+    FP8_SCALE_MIN,
+    NVFP4_GROUP,
     Fp8Weight,
     Nvfp4Weight,
     QuantizedWeight,
@@ -340,3 +344,179 @@ def test_nbytes_is_what_the_layout_implies(fmt, per_matrix):
     weight: QuantizedWeight = QUANTIZERS[fmt](gaussian(E, N, K, seed=13))
     assert weight.shape == (E, N, K)
     assert weight.nbytes == E * per_matrix(N, K)
+
+
+# -- the chunked quantizers against the straightforward algorithm they replace -------------------------------
+#
+# quantize_nvfp4 / quantize_fp8 walk the weight in row chunks with integer tricks (see kernels/formats.py); their
+# bytes must be those of the plain whole-tensor algorithm below (the one they replaced, kept verbatim), for every
+# input: ties, zeros and -0, subnormals, quotients past 6, odd row counts over several chunks, expert stacks.
+
+
+def reference_round_to_e2m1(x: torch.Tensor) -> torch.Tensor:
+    """|x| <= 6 expected (its uint8 steps wrap from |x| = 503 on)."""
+    a = x.abs()
+    scale = (a >= 2).to(torch.uint8) + (a >= 4).to(torch.uint8)
+    steps = torch.ldexp(a, 1 - scale.to(torch.int32)).round_()
+    code = (steps.to(torch.uint8) + 2 * scale).clamp_(max=7)
+    return code | ((x < 0).to(torch.uint8) << 3)
+
+
+def reference_quantize_fp8(weight: torch.Tensor, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    K = weight.shape[-1]
+    group = group or K
+    padded = F.pad(weight, (0, -K % group)) if K % group else weight
+    blocks = padded.unflatten(-1, (-1, group))
+    scale = (blocks.abs().amax(-1).float() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    scaled = blocks.to(torch.float32, copy=True).div_(scale.unsqueeze(-1))
+    return scaled.flatten(-2)[..., :K].to(torch.float8_e4m3fn), scale
+
+
+def reference_quantize_nvfp4(
+    weight: torch.Tensor, global_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if global_scale is None:
+        amax = weight.abs().amax(dim=(-2, -1)).float()
+        g = (amax / (FP4_MAX * FP8_MAX)).clamp(min=torch.finfo(torch.float32).tiny)
+    else:
+        g = global_scale.float()
+    blocks = weight.to(torch.float32, copy=True).unflatten(-1, (-1, NVFP4_GROUP))
+    block_amax = blocks.abs().amax(-1)
+    g_rows = g[..., None, None]
+    block_scale = (block_amax / (FP4_MAX * g_rows)).clamp(FP8_SCALE_MIN, FP8_MAX).to(torch.float8_e4m3fn)
+    step = block_scale.float() * g_rows
+    codes = reference_round_to_e2m1(blocks.div_(step.unsqueeze(-1)).clamp_(-FP4_MAX, FP4_MAX)).flatten(-2)
+    return pack_nibbles(codes), block_scale, g.unsqueeze(-1).expand(*weight.shape[:-1]).contiguous()
+
+
+def assert_nvfp4_matches_reference(w: torch.Tensor, global_scale: torch.Tensor | None = None) -> None:
+    ours = quantize_nvfp4(w, global_scale)
+    packed, block_scale, global_rows = reference_quantize_nvfp4(w, global_scale)
+    assert torch.equal(ours.block_scale.view(torch.uint8), block_scale.view(torch.uint8))
+    assert torch.equal(ours.global_scale, global_rows)
+    differ = ours.packed != packed
+    assert not differ.any(), (
+        f"{int(differ.sum())} of {differ.numel()} bytes differ, first at {differ.nonzero()[0].tolist()}"
+    )
+
+
+def assert_fp8_matches_reference(w: torch.Tensor, group: int | None = None) -> None:
+    ours = quantize_fp8(w, group)
+    q, scale = reference_quantize_fp8(w, group)
+    assert torch.equal(ours.scale, scale)
+    assert torch.equal(ours.q.view(torch.uint8), q.view(torch.uint8))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of a few rows, so that modest weights span several, the last one short."""
+    monkeypatch.setattr(formats, "CHUNK_ELEMENTS_PER_THREAD", 1000)
+    monkeypatch.setattr(formats, "ABS_MAX_CHUNK_ELEMENTS_PER_THREAD", 3000)
+
+
+def tie_heavy(*shape: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """Quarter-integers with 6 planted in some blocks: with a step of 1, 2 or 1/2 most quotients land on E2M1's
+    grid or its midpoints; then rows of zeros, of -0 and of the smallest negative subnormal."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-24, 25, shape, generator=g).float() / 4
+    rows = w.view(-1, shape[-1])
+    rows[::3, ::16] = 6.0
+    rows[1::4] = 0.0
+    rows[2::4] = -0.0
+    rows[3::4, :16] = -torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
+    return w.to(dtype)
+
+
+def test_round_to_e2m1_matches_the_reference_on_every_16_bit_value():
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+        x = x[x.abs() <= 500]  # the reference's domain (NaN excluded)
+        assert torch.equal(round_to_e2m1(x), reference_round_to_e2m1(x))
+        assert torch.equal(round_to_e2m1(x.float()), reference_round_to_e2m1(x.float()))
+
+
+def test_round_to_e2m1_matches_the_reference_around_every_midpoint():
+    mids = torch.tensor(MIDPOINTS)
+    x = torch.cat([mids] + [torch.nextafter(mids, mids + d) for d in (-1, 1)] + [torch.tensor(E2M1_VALUES)])
+    for dtype, ulps in ((torch.float32, 2.0**-23), (torch.float64, 2.0**-52)):
+        near = x.to(dtype).unsqueeze(-1) * (1 + ulps * torch.arange(-64, 65, dtype=dtype))
+        spread = torch.empty(20_000, dtype=dtype).uniform_(0, 7, generator=torch.Generator().manual_seed(35))
+        near = torch.cat((near.flatten(), spread))
+        near = torch.cat((near, -near, torch.tensor([0.0, -0.0], dtype=dtype)))
+        assert torch.equal(round_to_e2m1(near), reference_round_to_e2m1(near))
+
+
+def test_round_to_e2m1_saturates_past_6():
+    x = torch.tensor([6.0, 6.5, 7.0, 9.0, 500.0, 1e20, float("inf")])
+    assert round_to_e2m1(x).tolist() == [7] * 7
+    assert round_to_e2m1(-x).tolist() == [15] * 7
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 16), (3, 32), (5, 2, 48), (37, 96), (3, 29, 160)])
+def test_quantize_nvfp4_matches_the_reference(small_chunks, shape, dtype):
+    assert_nvfp4_matches_reference(gaussian(*shape, seed=20, dtype=dtype))
+    assert_nvfp4_matches_reference(tie_heavy(*shape, seed=21, dtype=dtype))
+    for global_scale in (torch.tensor(1.0), torch.tensor(0.5), torch.tensor(2.0**-5)):  # steps on the grid
+        assert_nvfp4_matches_reference(tie_heavy(*shape, seed=22, dtype=dtype), global_scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantize_nvfp4_matches_the_reference_on_every_16_bit_value(small_chunks, dtype):
+    """Every finite value below 1000 in magnitude, shuffled into blocks: the signs come from the input's bits."""
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    x = x[x.abs() < 1000]
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(23))]
+    assert_nvfp4_matches_reference(x[: len(x) // 64 * 64].view(-1, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_quantize_nvfp4_matches_the_reference_where_quotients_pass_6(small_chunks, dtype):
+    """Block scales in e4m3's subnormal range round down by up to a third, and a small global scale clamps them at
+    448: quotients reach 9 and beyond, which must still give code 7."""
+    w = gaussian(3, 24, 64, seed=24, dtype=dtype)
+    w[0] *= 1.49 * 6 * 2.0**-9 / w[0].abs().amax(-1, keepdim=True)  # block scales 1.49 * 2^-9 -> 2^-9
+    assert_nvfp4_matches_reference(w, torch.tensor([1.0, 1e-4, 1.0]))
+    assert_nvfp4_matches_reference(w, torch.tensor(1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_quantize_nvfp4_matches_the_reference_where_signs_need_the_quotients(small_chunks, dtype):
+    """Quotients that underflow to 0 (signless even for negative x); negative, zero (0 / 0: NaN quotients, code 0)
+    and infinite global scales; NaN weights."""
+    w = tie_heavy(2, 16, 64, seed=25, dtype=dtype)
+    w[0, 0, 0] = torch.finfo(dtype).max / 2  # a huge global scale: the tiny negatives' quotients underflow
+    assert_nvfp4_matches_reference(w)
+    for global_scale in (torch.tensor([-0.01, 0.02]), torch.tensor([0.0, 1.0]), torch.tensor([float("inf"), 1e30])):
+        assert_nvfp4_matches_reference(w, global_scale)
+    w[1, 5, 7] = float("nan")
+    assert_nvfp4_matches_reference(w, torch.tensor([1.0, 0.01]))
+
+
+def test_quantize_nvfp4_matches_the_reference_on_odd_layouts(small_chunks):
+    w = gaussian(2, 48, 40, seed=26)
+    assert_nvfp4_matches_reference(w.transpose(-1, -2))  # not contiguous
+    assert_nvfp4_matches_reference(gaussian(0, 32, seed=27), torch.tensor(1.0))  # no rows
+    with pytest.raises(ValueError, match="multiple of 16"):
+        quantize_nvfp4(gaussian(4, 40, seed=29))
+
+
+def test_quantizers_take_float8_weights_as_their_float32_values():
+    """Beyond the reference, which has no absolute maximum for float8 tensors."""
+    w = gaussian(6, 32, seed=28).to(torch.float8_e4m3fn)
+    assert torch.equal(quantize_nvfp4(w).packed, quantize_nvfp4(w.float()).packed)
+    assert torch.equal(quantize_fp8(w).q.view(torch.uint8), quantize_fp8(w.float()).q.view(torch.uint8))
+
+
+def test_quantize_nvfp4_matches_the_reference_at_the_default_chunk_sizes():
+    assert_nvfp4_matches_reference(gaussian(2, 704, 256, seed=30) * torch.tensor([1e-3, 30.0]).view(2, 1, 1))
+    assert_fp8_matches_reference(gaussian(2, 704, 256, seed=31), 128)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("group", [None, 128, 32, 7, 300])
+def test_quantize_fp8_matches_the_reference(small_chunks, group, dtype):
+    assert_fp8_matches_reference(gaussian(37, 200, seed=31, dtype=dtype), group)  # ragged last group unless 7 | 200
+    assert_fp8_matches_reference(tie_heavy(3, 11, 96, seed=32, dtype=dtype), group)
+    assert_fp8_matches_reference(gaussian(1, 16, seed=33, dtype=dtype), group)
+    assert_fp8_matches_reference(gaussian(2, 9, 64, seed=34, dtype=dtype).transpose(-1, -2), group)
