@@ -63,14 +63,14 @@ class GatedMLP(nn.Module):
         return self.down_proj(gelu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
-def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
+def rope_inv_freq(spec: LayerSpec, device: torch.device | str | None = None) -> torch.Tensor:
     """Inverse frequencies, [D/2]; 'proportional' zeroes all but the first share of the pairs (§2.5)."""
     D = spec.head_dim
     if spec.rope.partial_rotary_factor == 1.0:
-        return 1.0 / (spec.rope.theta ** (torch.arange(0, D, 2, dtype=torch.float) / D))
+        return 1.0 / (spec.rope.theta ** (torch.arange(0, D, 2, dtype=torch.float, device=device) / D))
     rotated = int(spec.rope.partial_rotary_factor * D // 2)
-    inv = 1.0 / (spec.rope.theta ** (torch.arange(0, 2 * rotated, 2, dtype=torch.int64).float() / D))
-    return torch.cat([inv, torch.zeros(D // 2 - rotated)])
+    inv = 1.0 / (spec.rope.theta ** (torch.arange(0, 2 * rotated, 2, dtype=torch.int64, device=device).float() / D))
+    return torch.cat([inv, inv.new_zeros(D // 2 - rotated)])
 
 
 class Attention(nn.Module):
@@ -217,18 +217,25 @@ class DiffusionGemma(nn.Module):
     def __init__(self, config: TextConfig, vision: VisionConfig | None = None) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Built on the meta device, as a load does (it assigns every weight and rebuilds the RoPE buffers on the
+        # target device), nothing is initialised or computed there: PyTorch's meta versions of normal_ and arange
+        # import torch._dynamo, 1.3 s of every first load.
+        meta = torch.get_default_device().type == "meta"
+        V, H = config.vocab_size, config.hidden_size
+        self.embed_tokens = nn.Embedding(V, H, _weight=torch.empty(V, H))
+        if not meta:
+            self.embed_tokens.reset_parameters()  # as nn.Embedding initialises itself
         self.layers = nn.ModuleList(Layer(config, spec) for spec in config.layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_conditioning = SelfConditioning(config)
         self.vision = Vision(vision) if vision is not None else None  # None: a text-only checkpoint
-        for name, value in self.rope_buffers(config).items():
+        for name, value in self.rope_buffers(config, "cpu" if meta else None).items():
             self.register_buffer(name, value, persistent=False)
 
     @staticmethod
-    def rope_buffers(config: TextConfig) -> dict[str, torch.Tensor]:
+    def rope_buffers(config: TextConfig, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Computed, never stored in checkpoints: rebuilt on the target device after a meta-device load."""
-        return {f"inv_freq_{i}": rope_inv_freq(spec) for i, spec in enumerate(config.layers)}
+        return {f"inv_freq_{i}": rope_inv_freq(spec, device) for i, spec in enumerate(config.layers)}
 
     def embed_scale(self) -> torch.Tensor:
         # sqrt(H) rounded to the weight dtype: 53.0 in bf16 for the 26B model (§2.4).

@@ -230,3 +230,17 @@ def test_bench_quantize_reports_every_quantizer_on_every_shape():
     for row in rows:
         rates = [float(rate) for rate in row.split("]")[-1].split()[-4:]]
         assert len(rates) == 4 and all(rate > 0 for rate in rates), row
+
+
+def test_a_load_leaves_torch_dynamo_unimported(full_precision):
+    """The model is built on the meta device; PyTorch's meta versions of some ops import torch._dynamo, which
+    cost every first load 1.3 s here. Nothing a load does may reach them."""
+    probe = (
+        "import sys, dgemma_runtime; dgemma_runtime.load(sys.argv[1], device='cpu'); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(full_precision)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
