@@ -253,12 +253,8 @@ def quantize_fp8(weight: torch.Tensor, group: int | None = None) -> Fp8Weight:
 
 
 def _global_scale(amax: torch.Tensor) -> torch.Tensor:
+    """ModelOpt's per-tensor multiplier amax / (6 · 448), from each [N, K] matrix's largest |weight|."""
     return (amax.float() / (FP4_MAX * FP8_MAX)).clamp(min=torch.finfo(torch.float32).tiny)
-
-
-def nvfp4_global_scale(weight: torch.Tensor) -> torch.Tensor:
-    """ModelOpt's per-tensor multiplier amax / (6 · 448), over the last two dims (one per expert)."""
-    return _global_scale(weight.abs().amax(dim=(-2, -1)))  # exact in the weight's own dtype
 
 
 def _e4m3_values(codes: torch.Tensor, out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
