@@ -39,6 +39,23 @@ def shared_env(tmp_path_factory) -> dict[str, str]:
     return dgemma_env(tmp_path_factory.mktemp("shared-home"))
 
 
+@pytest.fixture(scope="module")
+def spawn(shared_env):
+    """`spawn(*args)`: a Terminal running `dgemma ARGS` on a pseudo-terminal, killed at the module's end if a test
+    left it running. (Imported here, not above: pexpect is only there for the terminal tests, which skip without it.)"""
+    from tests.support.terminal import Terminal
+
+    started: list[Terminal] = []
+
+    def start(*args: str) -> Terminal:
+        started.append(Terminal(shared_env, *args))
+        return started[-1]
+
+    yield start
+    for terminal in started:
+        terminal.kill()
+
+
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
     """This test's own home: the same store and HF cache that `isolated_home` gave this process."""

@@ -13,25 +13,11 @@ import torch
 
 from tests.support.cli import FAST, PROMPT, Screen, dgemma, ok, plain
 from tests.support.scripts import script
-from tests.support.terminal import PROMPT_MARK, Terminal
+from tests.support.terminal import PROMPT_MARK
 
 pexpect = pytest.importorskip("pexpect")
 
 BAR = re.compile(r"reading +\S+ +[\d.]+/[\d.]+ [kMG]?B +\d+/(\d+) tensors")
-
-
-@pytest.fixture
-def spawn(shared_env):
-    started: list[Terminal] = []
-
-    def start(*args: str) -> Terminal:
-        started.append(Terminal(shared_env, *args))
-        return started[-1]
-
-    yield start
-    for terminal in started:
-        if terminal.child.isalive():
-            terminal.child.terminate(force=True)
 
 
 def test_a_terminal_shows_the_load_and_keeps_only_the_answer(model, spawn):

@@ -184,15 +184,15 @@ def test_recording_while_piped_keeps_stdout_the_answer(model, env, oneshot, tmp_
     assert squeeze(Screen().feed(output(read_cast(path)[1])).text) == squeeze(result.stdout)
 
 
-def test_the_cast_on_a_terminal_is_exactly_what_the_terminal_got(model, shared_env, tmp_path, oneshot):
+def on_a_terminal(program: str, args: list[str], env: dict[str, str], rows_columns: tuple[int, int]) -> str:
+    """Everything `program ARGS` writes to a pseudo-terminal of that size, once it has exited with 0."""
     pexpect = pytest.importorskip("pexpect")
-    path = tmp_path / "terminal.cast"
     transcript = io.StringIO()
     child = pexpect.spawn(
-        DGEMMA,
-        ["run", str(model), PROMPT, *RUN, "--record", str(path)],
-        env=shared_env | {"TERM": "xterm-256color"},
-        dimensions=(30, 100),
+        program,
+        args,
+        env=env | {"TERM": "xterm-256color"},
+        dimensions=rows_columns,
         encoding="utf-8",
         timeout=TIMEOUT,
     )
@@ -200,9 +200,15 @@ def test_the_cast_on_a_terminal_is_exactly_what_the_terminal_got(model, shared_e
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, transcript.getvalue()
+    return transcript.getvalue()
+
+
+def test_the_cast_on_a_terminal_is_exactly_what_the_terminal_got(model, shared_env, tmp_path, oneshot):
+    path = tmp_path / "terminal.cast"
+    shown = on_a_terminal(DGEMMA, ["run", str(model), PROMPT, *RUN, "--record", str(path)], shared_env, (30, 100))
     header, events = read_cast(path)
     assert (header["width"], header["height"], header["env"]["TERM"]) == (100, 30, "xterm-256color")
-    shown, recorded = transcript.getvalue(), output(events)
+    recorded = output(events)
     # Before the view, a slow load draws (and erases) its progress bar on stderr: the loading, not the view.
     assert shown.endswith(recorded)
     before = shown[: len(shown) - len(recorded)]
@@ -211,25 +217,14 @@ def test_the_cast_on_a_terminal_is_exactly_what_the_terminal_got(model, shared_e
 
 
 def test_asciinema_plays_the_cast(recorded, shared_env, tmp_path):
-    pexpect = pytest.importorskip("pexpect")
     player = shutil.which("asciinema", path=str(Path(sys.executable).parent)) or shutil.which("asciinema")
     if player is None:
         pytest.skip("no asciinema player (pip install asciinema)")
     recording = recorded(".cast")
-    transcript = io.StringIO()
-    child = pexpect.spawn(
-        player,
-        ["play", "--speed", "20", str(recording.path)],
-        env=shared_env | {"TERM": "xterm-256color", "HOME": str(tmp_path)},
-        dimensions=SIZE[::-1],
-        encoding="utf-8",
-        timeout=TIMEOUT,
+    shown = on_a_terminal(
+        player, ["play", "--speed", "20", str(recording.path)], shared_env | {"HOME": str(tmp_path)}, SIZE[::-1]
     )
-    child.logfile_read = transcript
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, transcript.getvalue()
-    assert squeeze(Screen().feed(transcript.getvalue()).text) == squeeze(recording.answer)
+    assert squeeze(Screen().feed(shown).text) == squeeze(recording.answer)
 
 
 # -- SVG -----------------------------------------------------------------------------------------------------------

@@ -9,23 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.cli import PROMPT, Screen, dgemma, ok, plain, squeeze
-from tests.support.terminal import PROMPT_MARK, STATUS, Terminal
+from tests.support.terminal import PROMPT_MARK, STATUS
 
 pexpect = pytest.importorskip("pexpect")
-
-
-@pytest.fixture(scope="module")
-def spawn(shared_env):
-    """`spawn(*args)`: a Terminal running `dgemma ARGS`, killed at the end if a test left it running."""
-    started: list[Terminal] = []
-
-    def start(*args: str) -> Terminal:
-        started.append(Terminal(shared_env, *args))
-        return started[-1]
-
-    yield start
-    for terminal in started:
-        terminal.kill()
 
 
 def statuses(text: str) -> list[tuple[int, int, int]]:
