@@ -22,8 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.support.checkpoints import TinySpec, write_checkpoint
 from tests.support.quant_checkpoints import write_quantized
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.scripts import run_script
 
 
 def shard(folder: Path, parts: int = 3) -> Path:
@@ -197,15 +196,7 @@ def test_an_interrupted_load_keeps_nothing_and_the_next_load_works(request, monk
 
 
 def test_bench_load_dry_run_reports_every_rate():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_load.py"), "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    lines = run_script("bench_load", "--dry-run", timeout=300)
     assert re.fullmatch(
         r"load: bf16 \d+\.\d\dx, prequantized \d+\.\d\dx of the read rate, quantize-at-load \d+\.\d\d GB/s", lines[-1]
     ), lines[-1]
@@ -214,16 +205,8 @@ def test_bench_load_dry_run_reports_every_rate():
 
 
 def test_bench_quantize_reports_every_quantizer_on_every_shape():
-    script = ROOT / "scripts" / "bench_quantize.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--runs", "1", "--experts", "2", "--threads", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    header, columns, *rows = result.stdout.strip().splitlines()
+    lines = run_script("bench_quantize", "--runs", "1", "--experts", "2", "--threads", "1", timeout=120)
+    header, columns, *rows = lines
     assert header.startswith("torch ") and "1 thread(s)" in header
     assert columns.split() == ["float()", "copy", "nvfp4", "fp8", "per", "row", "fp8", "per", "128"]
     assert len(rows) == 4
